@@ -1,0 +1,25 @@
+# The two commands a new user needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)  ## Scaffold the iris example, run the whole line, query the live API, stop the server.
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+
+test: $(STAMP)  ## Run the test suite (integration tests included).
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)  ## Benchmarks; results go to benchmarks/RESULTS.md.
+	$(BIN)/python benchmarks/noop_run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,449 @@
+"""The `conveyor` command: parse options, call the library, render the result.
+
+Library errors (`ConveyorError`) become one `Error: …` line and exit code 1.
+Heavy modules (registry, serving, scikit-learn) are imported inside the
+commands that need them, so `conveyor run` on a cached commit stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from conveyor import __version__, defaults
+from conveyor.exceptions import ConveyorError
+from conveyor.project import Project
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_MARKS = {"ran": "[green]✓[/]", "passed": "[green]✓[/]", "cached": "[cyan]●[/]", "restored": "[cyan]↺[/]",
+          "failed": "[red]✗[/]", "skipped": "[dim]–[/]", "interrupted": "[yellow]![/]", "running": "[yellow]…[/]"}
+
+
+def _registry_url(project: Project) -> str:
+    """Resolve the registry at the edge: CONVEYOR_REGISTRY_URL > conveyor.yaml > the project's SQLite file."""
+    from_env = os.environ.get("CONVEYOR_REGISTRY_URL")
+    if from_env:
+        return from_env
+    from conveyor import config as config_module
+
+    configured = config_module.load(project.root).registry
+    return configured or project.default_registry_url
+
+
+def _dump_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+class _Group(click.Group):
+    """Turns library errors into one line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConveyorError as exc:
+            err_console.print(f"[red]Error:[/] {escape(str(exc))}")
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="conveyor")
+def main() -> None:
+    """Conveyor: git commit → cached stages → tests → gates → registry → live prediction API.
+
+    \b
+    Example:
+      conveyor init demo --example iris && cd demo && conveyor run
+    """
+
+
+# -- init ---------------------------------------------------------------------------------
+@main.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--example", type=click.Choice(["iris"]), help="Write a complete example project and commit it.")
+def init(directory: Path, example: str | None) -> None:
+    """Start a project: a bundled example, or a conveyor.yaml for an existing project.
+
+    \b
+    Examples:
+      conveyor init demo --example iris   # a small ML project, committed, ready to run
+      conveyor init                       # guess a conveyor.yaml for the project here
+    """
+    from conveyor.scaffold import init_project
+
+    result = init_project(directory, example)
+    for path in result.files:
+        console.print(f"  [green]wrote[/] {escape(str(path))}")
+    if result.commit:
+        console.print(f"  [green]committed[/] {result.commit[:10]}")
+    for note in result.notes:
+        console.print(f"  [yellow]note:[/] {escape(note)}")
+    where = "" if directory.resolve() == Path.cwd() else f"cd {directory} && "
+    console.print(f"Next: [bold]{where}conveyor run[/]")
+
+
+# -- run ----------------------------------------------------------------------------------
+def _render_step(step: Any) -> None:
+    if step.status == "running":
+        return
+    mark = _MARKS.get(step.status, "?")
+    took = f"{step.duration_s:6.2f}s" if step.duration_s else "       "
+    console.print(f" {mark} {step.name:<18} {step.status:<9} {took}  {escape(step.summary)}")
+
+
+def _render_gates(step: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="Gates", title_justify="left")
+    for column in ("gate", "actual", "required", "result", "detail"):
+        table.add_column(column)
+    for row in step.data.get("results", []):
+        actual = row.get("actual")
+        table.add_row(escape(str(row["gate"])), "-" if actual is None else f"{actual:.4g}",
+                      escape(str(row["required"])),
+                      "[green]pass[/]" if row["passed"] else "[red]FAIL[/]", escape(str(row.get("detail", ""))))
+    console.print(table)
+
+
+def _render_failure_log(project: Project, run: Any) -> None:
+    from conveyor.runs import RunStore
+
+    store = RunStore(project.runs_dir)
+    for step in run.steps:
+        if step.status == "failed" and step.log:
+            tail = store.log_tail(run, step, defaults.LOG_TAIL_LINES)
+            if tail:
+                console.print(f"[red]── last {len(tail)} lines of {step.name} "
+                              f"({store.run_dir(run.id) / step.log}) ──[/]")
+                for line in tail:
+                    console.print(escape(line))
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="Re-run every stage and the tests, ignoring the cache.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=defaults.JOBS, show_default=True,
+              help="Independent stages to run at once.")
+@click.option("--allow-dirty", is_flag=True, help="Run on uncommitted changes (the model is marked dirty, never promoted).")
+@click.option("--wait", "wait_s", type=click.FloatRange(0), default=0.0, metavar="SECONDS",
+              help="Wait this long for another run in this repository to finish.")
+@click.option("--no-deploy", is_flag=True, help="Stop after promotion; do not touch the local server.")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port of the local server (default: deploy.port).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON.")
+def run(force: bool, jobs: int, allow_dirty: bool, wait_s: float, no_deploy: bool, port: int | None,
+        as_json: bool) -> None:
+    """Run the line for the current commit.
+
+    Stages run in dependency order and are skipped when their inputs are
+    unchanged; then the tests, the gates, registration, promotion to
+    production (on the release branch) and the local deployment.
+
+    \b
+    Examples:
+      conveyor run
+      conveyor run --jobs 2 --json
+      conveyor run --force --allow-dirty
+    """
+    from conveyor.line import LineOptions, run_line
+
+    project = Project.find()
+    options = LineOptions(
+        registry_url=os.environ.get("CONVEYOR_REGISTRY_URL") or None, force=force, jobs=jobs,
+        allow_dirty=allow_dirty, wait_s=wait_s, deploy=not no_deploy,
+        port=port or _configured_port(project), trigger=os.environ.get("CONVEYOR_TRIGGER", "manual"),
+    )
+    started = time.perf_counter()
+    if not as_json:
+        console.print(f"[bold]conveyor run[/] in {escape(str(project.root))}")
+    result = run_line(project, options, on_step=None if as_json else _render_step)
+    if as_json:
+        _dump_json(result.as_dict())
+    else:
+        gates = result.step("gates")
+        if gates is not None and gates.status == "failed":
+            _render_gates(gates)
+        _render_failure_log(project, result)
+        took = time.perf_counter() - started
+        if result.status == "passed":
+            model = result.model or {}
+            what = f"{model.get('name')}@{model.get('version')}" if model else "no model"
+            console.print(f"[green]passed[/] run {result.id} · {what} · {took:.2f}s")
+        else:
+            console.print(f"[red]failed[/] run {result.id}: {escape(result.error or 'failed')} · {took:.2f}s")
+    if result.status != "passed":
+        sys.exit(1)
+
+
+def _configured_port(project: Project) -> int:
+    env_port = os.environ.get("CONVEYOR_PORT")
+    if env_port:
+        try:
+            return int(env_port)
+        except ValueError:
+            raise ConveyorError(f"CONVEYOR_PORT must be a port number, not {env_port!r}") from None
+    from conveyor import config as config_module
+
+    return config_module.load(project.root).deploy.port
+
+
+# -- runs ---------------------------------------------------------------------------------
+@main.group()
+def runs() -> None:
+    """Look at past runs of the line.
+
+    \b
+    Examples:
+      conveyor runs list
+      conveyor runs show            # the latest run
+      conveyor runs show 20261127-1530
+    """
+
+
+@runs.command("list")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="How many runs to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def runs_list(limit: int, as_json: bool) -> None:
+    """List runs, newest first.
+
+    \b
+    Example:
+      conveyor runs list --limit 5
+    """
+    from rich.table import Table
+
+    from conveyor.runs import RunStore
+
+    project = Project.find()
+    records = RunStore(project.runs_dir).list(limit)
+    if as_json:
+        _dump_json([r.as_dict() for r in records])
+        return
+    if not records:
+        console.print("No runs yet: `conveyor run` starts one.")
+        return
+    table = Table()
+    for column in ("run", "commit", "branch", "trigger", "status", "model", "duration"):
+        table.add_column(column)
+    for r in records:
+        model = f"{r.model['name']}@{r.model['version']}" if r.model else "-"
+        took = f"{r.duration_s:.1f}s" if r.duration_s is not None else "-"
+        status = f"{_MARKS.get(r.status, '')} {r.status}"
+        table.add_row(r.id, (r.commit or "-")[:10] + ("*" if r.dirty else ""), r.branch or "-", r.trigger,
+                      status, model, took)
+    console.print(table)
+
+
+@runs.command("show")
+@click.argument("run_id", default="")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def runs_show(run_id: str, as_json: bool) -> None:
+    """Show one run's steps; a failed step shows the tail of its log.
+
+    RUN_ID may be a prefix; without it, the latest run is shown.
+
+    \b
+    Example:
+      conveyor runs show 20261127
+    """
+    from conveyor.runs import RunStore
+
+    project = Project.find()
+    record = RunStore(project.runs_dir).latest(run_id)
+    if as_json:
+        _dump_json(record.as_dict())
+        return
+    console.print(f"[bold]run {record.id}[/] · {record.status} · commit {(record.commit or '-')[:10]}"
+                  f"{' (dirty)' if record.dirty else ''} · branch {record.branch or '-'} · trigger {record.trigger}")
+    for step in record.steps:
+        mark = _MARKS.get(step.status, "?")
+        took = f"{step.duration_s:6.2f}s" if step.duration_s else "       "
+        code = f" exit {step.exit_code}" if step.exit_code not in (None, 0) else ""
+        console.print(f" {mark} {step.name:<18} {step.status:<9} {took}{code}  {escape(step.summary)}")
+    gates = record.step("gates")
+    if gates is not None and gates.data.get("results"):
+        _render_gates(gates)
+    _render_failure_log(project, record)
+    if record.error:
+        console.print(f"[red]{escape(record.error)}[/]")
+
+
+# -- models -------------------------------------------------------------------------------
+@main.group()
+def models() -> None:
+    """Registered model versions and their aliases.
+
+    \b
+    Examples:
+      conveyor models list
+      conveyor models show iris@production
+    """
+
+
+@models.command("list")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models_list(name: str | None, as_json: bool) -> None:
+    """List models, or the versions of one model.
+
+    \b
+    Examples:
+      conveyor models list
+      conveyor models list iris --json
+    """
+    from rich.table import Table
+
+    from conveyor.registry import Registry
+
+    project = Project.find()
+    registry = Registry(_registry_url(project))
+    try:
+        names = [name] if name else registry.models()
+        rows = []
+        for model_name in names:
+            aliases = registry.aliases(model_name)
+            by_version: dict[int, list[str]] = {}
+            for alias, version in aliases.items():
+                by_version.setdefault(version, []).append(alias)
+            for mv in registry.versions(model_name):
+                rows.append((mv, sorted(by_version.get(mv.version, []))))
+    finally:
+        registry.close()
+    if as_json:
+        _dump_json([{**_version_dict(mv), "aliases": aliases} for mv, aliases in rows])
+        return
+    if not rows:
+        console.print("No models registered yet: `conveyor run` registers one when its gates pass.")
+        return
+    table = Table()
+    for column in ("model", "aliases", "metrics", "commit", "created", "digest"):
+        table.add_column(column)
+    for mv, aliases in rows:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(mv.metrics.items()))
+        commit = str(mv.lineage.get("git", {}).get("commit", "-"))[:10]
+        table.add_row(mv.ref, ", ".join(aliases), metrics, commit, mv.created_at.strftime("%Y-%m-%d %H:%M"),
+                      mv.digest[:12])
+    console.print(table)
+
+
+def _version_dict(mv: Any) -> dict[str, Any]:
+    return {"name": mv.name, "version": mv.version, "digest": mv.digest, "flavor": mv.flavor,
+            "signature": mv.signature, "metrics": mv.metrics, "params": mv.params, "lineage": mv.lineage,
+            "gates": mv.gates, "run_id": mv.run_id, "created_at": mv.created_at.isoformat()}
+
+
+@models.command("show")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models_show(ref: str, as_json: bool) -> None:
+    """Show one version with its lineage: NAME, NAME@VERSION or NAME@ALIAS.
+
+    \b
+    Examples:
+      conveyor models show iris@production
+      conveyor models show iris@2 --json
+    """
+    from conveyor.registry import Registry
+
+    project = Project.find()
+    registry = Registry(_registry_url(project))
+    try:
+        mv = registry.resolve(ref)
+        aliases = sorted(a for a, v in registry.aliases(mv.name).items() if v == mv.version)
+    finally:
+        registry.close()
+    if as_json:
+        _dump_json({**_version_dict(mv), "aliases": aliases})
+        return
+    git = mv.lineage.get("git", {})
+    console.print(f"[bold]{mv.ref}[/] {'(' + ', '.join(aliases) + ')' if aliases else ''}")
+    console.print(f"  digest    {mv.digest}")
+    console.print(f"  flavor    {mv.flavor}")
+    console.print(f"  created   {mv.created_at.isoformat()} by run {mv.run_id}")
+    console.print(f"  commit    {git.get('commit', '-')} on {git.get('branch', '-')}{' (dirty)' if git.get('dirty') else ''}")
+    console.print("  metrics   " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(mv.metrics.items())))
+    console.print("  params    " + ", ".join(f"{k}={v}" for k, v in sorted(mv.params.items())))
+    inputs = mv.signature.get("inputs", [])
+    if isinstance(inputs, list):
+        cols = ", ".join(f"{c.get('name')}:{c.get('dtype')}" for c in inputs if isinstance(c, dict))
+        console.print(f"  inputs    {escape(cols)}")
+    for stage, info in mv.lineage.get("stages", {}).items():
+        deps = ", ".join(f"{p}={d[:10]}" for p, d in info.get("deps", {}).items())
+        console.print(f"  stage {stage}: {escape(deps)}")
+    for gate in mv.gates:
+        mark = "[green]pass[/]" if gate.get("passed") else "[red]FAIL[/]"
+        console.print(f"  gate      {mark} {escape(str(gate.get('gate')))}")
+
+
+# -- serve / deployments --------------------------------------------------------------------
+@main.command()
+@click.argument("ref")
+@click.option("--host", default=defaults.HOST, show_default=True, help="Interface to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=defaults.PORT, show_default=True, help="Port to bind.")
+def serve(ref: str, host: str, port: int) -> None:
+    """Serve a model version over HTTP in the foreground (Ctrl-C stops it).
+
+    REF is NAME, NAME@VERSION or NAME@ALIAS. The management endpoint
+    (POST /-/reload) needs the token in CONVEYOR_SERVER_TOKEN; without one it is disabled.
+
+    \b
+    Examples:
+      conveyor serve iris@production --port 8000
+      curl -s localhost:8000/predict -H 'content-type: application/json' \\
+           -d '{"rows": [[5.1, 3.5, 1.4, 0.2]]}'
+    """
+    from conveyor.serving.server import serve as serve_model
+
+    project = Project.find()
+    serve_model(project, ref, host=host, port=port, registry_url=_registry_url(project),
+                token=os.environ.get("CONVEYOR_SERVER_TOKEN") or None)
+
+
+@main.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def deployments(ctx: click.Context, as_json: bool) -> None:
+    """What the local deployment serves; `deployments stop` stops it.
+
+    \b
+    Examples:
+      conveyor deployments
+      conveyor deployments stop
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from conveyor.deploy import local
+
+    live = local.current(Project.find())
+    if as_json:
+        _dump_json(None if live is None else {"ref": live.ref, "name": live.name, "version": live.version,
+                                               "url": live.url, "pid": live.pid, "started_at": live.started_at})
+        return
+    if live is None:
+        console.print("Nothing is deployed locally.")
+        return
+    console.print(f"{live.name}@{live.version} ({live.ref}) at {live.url} · pid {live.pid} · 100% of traffic")
+
+
+@deployments.command("stop")
+def deployments_stop() -> None:
+    """Stop the local model server.
+
+    \b
+    Example:
+      conveyor deployments stop
+    """
+    from conveyor.deploy import local
+
+    stopped = local.stop(Project.find())
+    console.print("Nothing was running." if stopped is None else f"Stopped {stopped.name}@{stopped.version} (pid {stopped.pid}).")

@@ -1,0 +1,56 @@
+"""The scikit-learn flavor: any fitted estimator with `predict`, pickled with joblib.
+
+Loading a pickle runs code, so `conveyor.model` only loads an artifact whose
+bytes match the digest the registry recorded for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from conveyor.exceptions import ConveyorError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+ARTIFACT = "model.joblib"
+PACKAGES = ("scikit-learn", "numpy", "joblib")
+
+
+def save(model: Any, directory: Path) -> str:
+    """Dump the estimator into `directory`; return the artifact's file name."""
+    if not callable(getattr(model, "predict", None)):
+        raise ConveyorError(
+            f"a {type(model).__name__} has no predict method; the sklearn flavor needs a fitted estimator"
+        )
+    import joblib
+
+    joblib.dump(model, directory / ARTIFACT)
+    return ARTIFACT
+
+
+def load(path: Path) -> Any:
+    """Unpickle an estimator: call only on verified bytes."""
+    import joblib
+
+    return joblib.load(path)
+
+
+def predict(model: Any, X: np.ndarray, columns: list[str]) -> np.ndarray:
+    """Predictions as a numpy array, one per row of `X`.
+
+    An estimator fitted on a DataFrame wants one back (else scikit-learn warns,
+    and column-name based transformers fail), so it gets one, if pandas is here.
+    """
+    import numpy as np
+
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None:
+        try:
+            import pandas as pd
+        except ImportError:
+            pass
+        else:
+            X = pd.DataFrame(X, columns=columns)
+    return np.asarray(model.predict(X))

@@ -1,0 +1,213 @@
+"""Model directories: what a training script saves and what the server loads.
+
+A model is a directory: the flavor's artifact (e.g. `model.joblib`) plus
+`conveyor-model.json` (flavor, artifact name, signature, environment). The file
+holds no timestamp, so retraining to the same bytes yields the same digest.
+
+Loading a pickle runs code. Server-side loading therefore goes through
+`load_verified`: restore the tree for the digest the registry recorded, re-hash
+it, and only then unpickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from conveyor.exceptions import ConveyorError, IntegrityError
+from conveyor.store import TREE_SUFFIX, ArtifactStore, hash_path
+
+if TYPE_CHECKING:
+    import numpy as np
+
+METADATA_FILE = "conveyor-model.json"
+FORMAT_VERSION = 1
+_DIGEST = re.compile(r"^[0-9a-f]{64}\.dir$")
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """The contents of `conveyor-model.json`."""
+
+    flavor: str
+    artifact: str
+    signature: dict[str, Any]
+    environment: dict[str, Any]
+
+
+def _versions(packages: Sequence[str]) -> dict[str, str | None]:
+    from importlib import metadata
+
+    found: dict[str, str | None] = {}
+    for name in (*packages, "conveyor-ml"):
+        try:
+            found[name.removesuffix("-ml")] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name.removesuffix("-ml")] = None
+    return found
+
+
+def save_model(
+    model: Any,
+    path: str | Path,
+    sample_input: Any,
+    *,
+    flavor: str = "sklearn",
+    input_names: Sequence[str] | None = None,
+) -> Path:
+    """Write `model` as a model directory at `path`, replacing what was there.
+
+    `sample_input` (a 2-D array, a DataFrame or a list of dicts, a few rows of
+    training data) fixes the signature requests are validated against;
+    `input_names` names the columns of an array sample.
+    """
+    from conveyor import flavors, signature
+
+    impl = flavors.get(flavor)
+    dest = Path(path)
+    if dest.exists() and not dest.is_dir():
+        raise ConveyorError(f"{dest} is a file; save_model writes a directory there, so pick another path")
+    sig = signature.infer_signature(
+        sample_input, lambda X, columns: impl.predict(model, X, columns), input_names=input_names
+    )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{dest.name}-"))
+    try:
+        artifact = impl.save(model, staging)
+        document = {
+            "format": FORMAT_VERSION,
+            "flavor": flavor,
+            "artifact": artifact,
+            "signature": sig,
+            "environment": {"python": platform.python_version(), "packages": _versions(impl.PACKAGES)},
+        }
+        (staging / METADATA_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        os.chmod(staging, 0o755)
+        if dest.is_dir():
+            retired = dest.with_name(f".old-{dest.name}-{os.getpid()}")
+            os.replace(dest, retired)
+            os.replace(staging, dest)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
+
+
+def read_metadata(path: str | Path) -> ModelMetadata:
+    """The metadata of the model directory at `path` (no artifact is loaded)."""
+    from conveyor.signature import check_signature
+
+    file = Path(path) / METADATA_FILE
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConveyorError(
+            f"{path} is not a Conveyor model directory (no {METADATA_FILE}); "
+            "write it from the training script with conveyor.save_model(model, path, sample_input)"
+        ) from None
+    except ValueError as exc:
+        raise ConveyorError(f"{file} is not valid JSON ({exc}); save the model again") from None
+    try:
+        flavor, artifact = document["flavor"], document["artifact"]
+        environment = document.get("environment", {})
+    except (KeyError, TypeError):
+        raise ConveyorError(f"{file} lacks 'flavor' or 'artifact'; save the model again") from None
+    if not isinstance(artifact, str) or "/" in artifact or artifact.startswith("."):
+        raise ConveyorError(f"{file}: artifact {artifact!r} must be a plain file name in the model directory")
+    return ModelMetadata(
+        flavor=str(flavor),
+        artifact=artifact,
+        signature=check_signature(document.get("signature"), str(file)),
+        environment=environment if isinstance(environment, dict) else {},
+    )
+
+
+class LoadedModel:
+    """A model in memory, called through its flavor and checked against its signature."""
+
+    def __init__(self, path: Path, metadata: ModelMetadata, model: Any) -> None:
+        from conveyor import flavors
+        from conveyor.signature import column_names
+
+        self.path = path
+        self.metadata = metadata
+        self.model = model
+        self._flavor = flavors.get(metadata.flavor)
+        self._columns = column_names(metadata.signature)
+
+    @property
+    def signature(self) -> dict[str, Any]:
+        return self.metadata.signature
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predictions for `X`: a 2-D array in signature column order, a DataFrame or a list of rows."""
+        from conveyor.signature import to_array
+
+        return self.predict_array(to_array(self.metadata.signature, X))
+
+    def predict_array(self, X: np.ndarray) -> np.ndarray:
+        """Predictions for an array already validated against the signature (the request path)."""
+        return self._flavor.predict(self.model, X, self._columns)
+
+    def warm(self) -> None:
+        """Predict once on an input built from the signature, so the first request is not the slow one."""
+        from conveyor.signature import sample_rows
+
+        self.predict_array(sample_rows(self.metadata.signature))
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({str(self.path)!r}, flavor={self.metadata.flavor!r})"
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Load the model directory at `path` (trusted: your own training output)."""
+    from conveyor import flavors
+
+    directory = Path(path)
+    metadata = read_metadata(directory)
+    artifact = directory / metadata.artifact
+    if not artifact.is_file():
+        raise ConveyorError(f"{artifact} is missing; the model directory is incomplete, save it again")
+    return LoadedModel(directory, metadata, flavors.get(metadata.flavor).load(artifact))
+
+
+def materialize(store: ArtifactStore, models_dir: Path, digest: str) -> Path:
+    """The verified model directory for `digest`, restored from `store` if needed.
+
+    The directory is `models_dir/<hex>`; it is reused only when its content
+    re-hashes to `digest`, else rebuilt from the store (which checks every
+    byte). Raises `IntegrityError` if the result still does not match.
+    """
+    if not _DIGEST.match(digest):
+        raise ConveyorError(
+            f"'{digest}' is not a model directory digest (64 hex digits + '{TREE_SUFFIX}'); "
+            "save models with conveyor.save_model, which writes a directory"
+        )
+    dest = models_dir / digest.removesuffix(TREE_SUFFIX)
+    if dest.is_dir() and hash_path(dest) == digest:
+        return dest
+    store.restore(digest, dest)
+    actual = hash_path(dest)
+    if actual != digest:
+        raise IntegrityError(f"model directory {dest}", digest, actual)
+    return dest
+
+
+def load_verified(store: ArtifactStore, models_dir: Path, digest: str) -> LoadedModel:
+    """Materialise, verify and load the model stored under `digest` (as recorded by the registry)."""
+    directory = materialize(store, models_dir, digest)
+    actual = hash_path(directory)  # checked again right before unpickling
+    if actual != digest:
+        raise IntegrityError(f"model directory {directory}", digest, actual)
+    return load_model(directory)

@@ -1,0 +1,465 @@
+"""`Registry`: model versions and aliases in SQL, through SQLAlchemy Core.
+
+SQLite (the default: one file under `.conveyor/`) and PostgreSQL (for teams)
+run the same statements. Every write is one transaction, so a crash leaves no
+half-written row. On SQLite a write starts with BEGIN IMMEDIATE, so concurrent
+writers queue for the lock instead of racing for the next version number; on
+PostgreSQL a lost race trips a UNIQUE constraint and the write is retried.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from conveyor.exceptions import ModelNotFound, RegistryError
+from conveyor.registry import (
+    LATEST,
+    VERSION_PATTERN,
+    AliasMove,
+    ModelVersion,
+    parse_ref,
+    validate_alias,
+    validate_name,
+)
+from conveyor.registry.schema import alias_history, aliases, metadata, model_versions
+
+_T = TypeVar("_T")
+
+_WRITE = "conveyor_write"
+"""Execution option that marks a connection's transaction as a write (BEGIN IMMEDIATE)."""
+
+_BUSY_TIMEOUT_S = 30.0
+"""How long a SQLite connection waits for another process's lock before giving up."""
+
+_WRITE_ATTEMPTS = 5
+"""Tries of a write that lost a race on a UNIQUE constraint (PostgreSQL)."""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    # Stop pysqlite from issuing its own (late, deferred) BEGIN: `_sqlite_begin` does it.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def _sqlite_begin(conn: sa.Connection) -> None:
+    write = conn.get_execution_options().get(_WRITE, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _create_engine(url: str) -> sa.Engine:
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise RegistryError(
+            f"invalid registry URL '{url}': expected e.g. sqlite:////abs/path/registry.db "
+            "or postgresql+psycopg://user@host/dbname"
+        ) from None
+    try:
+        if parsed.get_backend_name() != "sqlite":
+            return sa.create_engine(parsed, pool_pre_ping=True)
+        database = parsed.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(parsed, connect_args={"timeout": _BUSY_TIMEOUT_S})
+    except (ImportError, sa.exc.NoSuchModuleError) as exc:
+        raise RegistryError(
+            f"cannot use registry URL '{parsed.render_as_string(hide_password=True)}': {exc}; "
+            "install the database driver it names (e.g. `pip install psycopg`)"
+        ) from None
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _json(field: str, value: Any) -> Any:
+    """Round-trip through JSON so what `register` returns equals what `get` reads back."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise RegistryError(
+            f"{field} cannot be stored in the registry: {exc}; "
+            "use JSON values only (strings, finite numbers, booleans, lists, mappings)"
+        ) from None
+
+
+def _metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    clean: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RegistryError(
+                f"metric '{key}' is {value!r}, not a number; "
+                "write only numeric metrics (log other values as params or lineage)"
+            )
+        if not math.isfinite(value):
+            raise RegistryError(f"metric '{key}' is {value}; metrics must be finite numbers")
+        clean[str(key)] = float(value)
+    return clean
+
+
+def _to_version(row: Mapping[str, Any]) -> ModelVersion:
+    return ModelVersion(
+        name=row["name"],
+        version=row["version"],
+        digest=row["digest"],
+        flavor=row["flavor"],
+        signature=row["signature"],
+        metrics=row["metrics"],
+        params=row["params"],
+        lineage=row["lineage"],
+        gates=row["gates"],
+        run_id=row["run_id"],
+        created_at=row["created_at"],
+    )
+
+
+def _to_move(row: Mapping[str, Any]) -> AliasMove:
+    return AliasMove(
+        name=row["name"],
+        alias=row["alias"],
+        from_version=row["from_version"],
+        to_version=row["to_version"],
+        at=row["at"],
+        actor=row["actor"],
+        reason=row["reason"],
+        run_id=row["run_id"],
+    )
+
+
+def _span(versions: Sequence[int]) -> str:
+    if len(versions) == 1:
+        return f"version {versions[0]}"
+    if list(versions) == list(range(versions[0], versions[-1] + 1)):
+        return f"versions {versions[0]}-{versions[-1]}"
+    return "versions " + ", ".join(map(str, versions))
+
+
+class Registry:
+    """Model versions and aliases in one SQL database (`sqlite:///…` or `postgresql://…`).
+
+    Opening creates the tables when they are missing. Use as a context manager,
+    or call `close()`, to release the database connections.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine = _create_engine(url)
+        self._where = self._engine.url.render_as_string(hide_password=True)
+        try:
+            self._write(lambda conn: metadata.create_all(conn))
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close every pooled connection; the registry is unusable afterwards."""
+        self._engine.dispose()
+
+    # -- transactions -------------------------------------------------------
+
+    def _failure(self, exc: sa.exc.DBAPIError) -> RegistryError:
+        return RegistryError(
+            f"the registry at {self._where} failed: {exc.orig}; check that the database "
+            "is reachable and writable, and that no other process holds it locked"
+        )
+
+    @contextmanager
+    def _reading(self) -> Iterator[sa.Connection]:
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise self._failure(exc) from exc
+
+    def _write(self, work: Callable[[sa.Connection], _T]) -> _T:
+        """Run `work` in one write transaction, retrying when a concurrent write won a race."""
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            try:
+                with self._engine.connect() as conn:
+                    conn.execution_options(**{_WRITE: True})
+                    with conn.begin():
+                        return work(conn)
+            except sa.exc.IntegrityError as exc:
+                if attempt == _WRITE_ATTEMPTS:
+                    raise RegistryError(
+                        f"the registry at {self._where} kept refusing a write "
+                        f"({exc.orig}) after {attempt} tries; run the command again"
+                    ) from exc
+            except sa.exc.OperationalError as exc:
+                raise self._failure(exc) from exc
+        raise AssertionError("unreachable")
+
+    # -- lookups ------------------------------------------------------------
+
+    @staticmethod
+    def _row(conn: sa.Connection, name: str, version: int) -> ModelVersion | None:
+        row = conn.execute(
+            sa.select(model_versions).where(
+                model_versions.c.name == name, model_versions.c.version == version
+            )
+        ).first()
+        return None if row is None else _to_version(row._mapping)
+
+    @staticmethod
+    def _latest(conn: sa.Connection, name: str) -> ModelVersion | None:
+        row = conn.execute(
+            sa.select(model_versions)
+            .where(model_versions.c.name == name)
+            .order_by(model_versions.c.version.desc())
+            .limit(1)
+        ).first()
+        return None if row is None else _to_version(row._mapping)
+
+    @staticmethod
+    def _by_digest(conn: sa.Connection, name: str, digest: str) -> ModelVersion | None:
+        row = conn.execute(
+            sa.select(model_versions).where(
+                model_versions.c.name == name, model_versions.c.digest == digest
+            )
+        ).first()
+        return None if row is None else _to_version(row._mapping)
+
+    @staticmethod
+    def _alias(conn: sa.Connection, name: str, alias: str) -> int | None:
+        return conn.execute(
+            sa.select(aliases.c.version).where(aliases.c.name == name, aliases.c.alias == alias)
+        ).scalar_one_or_none()
+
+    @staticmethod
+    def _aliases(conn: sa.Connection, name: str) -> dict[str, int]:
+        rows = conn.execute(
+            sa.select(aliases.c.alias, aliases.c.version)
+            .where(aliases.c.name == name)
+            .order_by(aliases.c.alias)
+        )
+        return {alias: version for alias, version in rows}
+
+    @staticmethod
+    def _models(conn: sa.Connection) -> list[str]:
+        query = sa.select(model_versions.c.name).distinct().order_by(model_versions.c.name)
+        return list(conn.execute(query).scalars())
+
+    def _hint(self, conn: sa.Connection, name: str) -> str:
+        """What does exist, so a ModelNotFound message points at a valid reference."""
+        versions = list(
+            conn.execute(
+                sa.select(model_versions.c.version)
+                .where(model_versions.c.name == name)
+                .order_by(model_versions.c.version)
+            ).scalars()
+        )
+        if not versions:
+            known = self._models(conn)
+            if not known:
+                return "the registry is empty; a passing `conveyor run` registers the first version"
+            return f"no model named '{name}' is registered; known models: {', '.join(known)}"
+        known_aliases = self._aliases(conn, name)
+        hint = f"'{name}' has {_span(versions)}"
+        if known_aliases:
+            return hint + "; aliases: " + ", ".join(f"{a} -> v{v}" for a, v in known_aliases.items())
+        return hint + " and no aliases yet"
+
+    def get(self, name: str, version: int) -> ModelVersion:
+        """The version `version` of model `name`; `ModelNotFound` if there is none."""
+        with self._reading() as conn:
+            found = self._row(conn, name, version)
+            if found is None:
+                raise ModelNotFound(f"{name}@{version}", self._hint(conn, name))
+            return found
+
+    def resolve(self, ref: str) -> ModelVersion:
+        """The version a reference names: `iris` or `iris@latest` (newest), `iris@3`, `iris@v3`, `iris@production`."""
+        name, selector = parse_ref(ref)
+        with self._reading() as conn:
+            found: ModelVersion | None
+            if selector is None or selector == LATEST:
+                found = self._latest(conn, name)
+            elif match := VERSION_PATTERN.fullmatch(selector):
+                found = self._row(conn, name, int(match.group(1)))
+            else:
+                version = self._alias(conn, name, selector)
+                found = None if version is None else self._row(conn, name, version)
+            if found is None:
+                raise ModelNotFound(ref, self._hint(conn, name))
+            return found
+
+    def find_by_digest(self, name: str, digest: str) -> ModelVersion | None:
+        """The version of `name` whose artifact has `digest`, if one is registered."""
+        with self._reading() as conn:
+            return self._by_digest(conn, name, digest)
+
+    def models(self) -> list[str]:
+        """Names of all registered models, sorted."""
+        with self._reading() as conn:
+            return self._models(conn)
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        """Every version of `name`, newest first (empty for an unknown name)."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                sa.select(model_versions)
+                .where(model_versions.c.name == name)
+                .order_by(model_versions.c.version.desc())
+            )
+            return [_to_version(row._mapping) for row in rows]
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """Where each alias of `name` points now, sorted by alias."""
+        with self._reading() as conn:
+            return self._aliases(conn, name)
+
+    def alias_history(self, name: str, alias: str | None = None) -> list[AliasMove]:
+        """Recorded moves of the aliases of `name` (or of one alias), newest first."""
+        query = sa.select(alias_history).where(alias_history.c.name == name)
+        if alias is not None:
+            query = query.where(alias_history.c.alias == alias)
+        with self._reading() as conn:
+            rows = conn.execute(query.order_by(alias_history.c.id.desc()))
+            return [_to_move(row._mapping) for row in rows]
+
+    # -- writes -------------------------------------------------------------
+
+    def register(
+        self,
+        *,
+        name: str,
+        digest: str,
+        flavor: str,
+        signature: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        params: Mapping[str, Any],
+        lineage: Mapping[str, Any],
+        gates: Sequence[Mapping[str, Any]],
+        run_id: str | None,
+    ) -> tuple[ModelVersion, bool]:
+        """Record a new version of `name`, numbered one past the newest.
+
+        Idempotent on (name, digest): registering an artifact again returns its
+        existing version and False; a new version returns True.
+        """
+        validate_name(name)
+        if not digest:
+            raise RegistryError(f"cannot register '{name}' without an artifact digest")
+        if not flavor:
+            raise RegistryError(f"cannot register '{name}' without a flavor (e.g. sklearn)")
+        values: dict[str, Any] = {
+            "name": name,
+            "digest": digest,
+            "flavor": flavor,
+            "signature": _json("signature", dict(signature)),
+            "metrics": _metrics(metrics),
+            "params": _json("params", dict(params)),
+            "lineage": _json("lineage", dict(lineage)),
+            "gates": _json("gates", [dict(gate) for gate in gates]),
+            "run_id": run_id,
+        }
+
+        def write(conn: sa.Connection) -> tuple[ModelVersion, bool]:
+            existing = self._by_digest(conn, name, digest)
+            if existing is not None:
+                return existing, False
+            newest = conn.execute(
+                sa.select(sa.func.max(model_versions.c.version)).where(model_versions.c.name == name)
+            ).scalar()
+            row = {**values, "version": (newest or 0) + 1, "created_at": _now()}
+            conn.execute(model_versions.insert().values(**row))
+            return _to_version(row), True
+
+        return self._write(write)
+
+    def set_alias(
+        self,
+        name: str,
+        alias: str,
+        version: int,
+        *,
+        actor: str,
+        reason: str,
+        run_id: str | None = None,
+    ) -> AliasMove:
+        """Point `alias` at `version` of `name` and record the move.
+
+        Pointing an alias where it already points records nothing; the returned
+        move then has `from_version == to_version`.
+        """
+        validate_alias(alias)
+        if not actor.strip():
+            raise RegistryError(f"moving alias '{alias}' of '{name}' needs an actor (who moved it)")
+
+        def write(conn: sa.Connection) -> AliasMove:
+            if self._row(conn, name, version) is None:
+                raise ModelNotFound(f"{name}@{version}", self._hint(conn, name))
+            current = self._alias(conn, name, alias)
+            move = AliasMove(name, alias, current, version, _now(), actor, reason, run_id)
+            if current == version:
+                return move
+            if current is None:
+                conn.execute(
+                    aliases.insert().values(name=name, alias=alias, version=version, updated_at=move.at)
+                )
+            else:
+                conn.execute(
+                    aliases.update()
+                    .where(aliases.c.name == name, aliases.c.alias == alias)
+                    .values(version=version, updated_at=move.at)
+                )
+            self._record(conn, move)
+            return move
+
+        return self._write(write)
+
+    def remove_alias(
+        self, name: str, alias: str, *, actor: str, reason: str, run_id: str | None = None
+    ) -> AliasMove:
+        """Delete `alias` of `name` and record the move (its `to_version` is None)."""
+        if not actor.strip():
+            raise RegistryError(f"removing alias '{alias}' of '{name}' needs an actor (who removed it)")
+
+        def write(conn: sa.Connection) -> AliasMove:
+            current = self._alias(conn, name, alias)
+            if current is None:
+                raise ModelNotFound(f"{name}@{alias}", self._hint(conn, name))
+            conn.execute(aliases.delete().where(aliases.c.name == name, aliases.c.alias == alias))
+            move = AliasMove(name, alias, current, None, _now(), actor, reason, run_id)
+            self._record(conn, move)
+            return move
+
+        return self._write(write)
+
+    @staticmethod
+    def _record(conn: sa.Connection, move: AliasMove) -> None:
+        conn.execute(
+            alias_history.insert().values(
+                name=move.name,
+                alias=move.alias,
+                from_version=move.from_version,
+                to_version=move.to_version,
+                at=move.at,
+                actor=move.actor,
+                reason=move.reason,
+                run_id=move.run_id,
+            )
+        )
