@@ -113,11 +113,14 @@ class _LineTracker:
         self._scalars = yaml.SafeLoader("")  # resolves scalars through PyYAML's own tag rules
 
     def build(self, node: yaml.Node, path: tuple[Any, ...] = ()) -> Any:
-        self.lines[path] = node.start_mark.line + 1
+        if path:  # a key missing at the top level has no line to point to
+            self.lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             result: dict[Any, Any] = {}
             for key_node, value_node in node.value:
-                key = self.build(key_node, path)
+                key = self._scalars.construct_object(key_node)
+                if not isinstance(key, (str, int, float, bool)):
+                    raise ConfigError("", [(key_node.start_mark.line + 1, "", "keys must be plain names")])
                 if key in result:
                     raise ConfigError("", [(key_node.start_mark.line + 1, str(key), "duplicate key")])
                 result[key] = self.build(value_node, (*path, key))

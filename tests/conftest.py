@@ -1,0 +1,80 @@
+"""Shared fixtures: real git repositories in temp dirs, a git identity for them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _git_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commits made by tests need an author even on a machine with no git config."""
+    for role in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{role}_NAME", "Conveyor Tests")
+        monkeypatch.setenv(f"GIT_{role}_EMAIL", "tests@conveyor.local")
+
+
+def git(root: Path, *args: str) -> str:
+    """Run git in `root` and return its output."""
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def commit_all(root: Path, message: str) -> str:
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", message)
+    return git(root, "rev-parse", "HEAD")
+
+
+# A two-stage pipeline whose commands append to `ran.log`, so tests can see what ran.
+TWO_STAGE_CONFIG = """\
+project: tiny
+stages:
+  prepare:
+    cmd: {py} steps.py prepare
+    deps: [steps.py, data.txt]
+    params: [prepare.factor]
+    outs: [prepared/]
+  train:
+    cmd: {py} steps.py train
+    deps: [steps.py, prepared/]
+    outs: [model.txt]
+    metrics: [metrics.json]
+model:
+  name: tiny
+  path: model.txt
+"""
+
+STEPS_SCRIPT = """\
+import json, pathlib, sys, yaml
+step = sys.argv[1]
+with open("ran.log", "a") as log:
+    log.write(step + "\\n")
+params = yaml.safe_load(open("params.yaml"))
+if step == "prepare":
+    out = pathlib.Path("prepared"); out.mkdir()
+    values = [float(x) * params["prepare"]["factor"] for x in open("data.txt").read().split()]
+    (out / "values.txt").write_text(" ".join(map(str, values)))
+    (out / "sub").mkdir(); (out / "sub" / "n.txt").write_text(str(len(values)))
+else:
+    values = [float(x) for x in open("prepared/values.txt").read().split()]
+    pathlib.Path("model.txt").write_text(str(sum(values)))
+    pathlib.Path("metrics.json").write_text(json.dumps({"total": sum(values)}))
+"""
+
+
+@pytest.fixture
+def tmp_repo(tmp_path: Path) -> Path:
+    """A committed git repository with the two-stage pipeline above."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / "conveyor.yaml").write_text(TWO_STAGE_CONFIG.format(py=sys.executable))
+    (root / "steps.py").write_text(STEPS_SCRIPT)
+    (root / "data.txt").write_text("1 2 3")
+    (root / "params.yaml").write_text("prepare:\n  factor: 2\n")
+    (root / ".gitignore").write_text("/prepared/\n/model.txt\n/metrics.json\n/ran.log\n/.conveyor/\n")
+    git(root, "init", "-q", "-b", "main")
+    commit_all(root, "tiny pipeline")
+    return root

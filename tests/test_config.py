@@ -1,0 +1,125 @@
+"""conveyor.yaml validation: every mistake names file, line and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conveyor import config
+from conveyor.exceptions import ConfigError
+
+VALID = """\
+project: demo
+stages:
+  prepare:
+    cmd: python prepare.py
+    deps: [prepare.py]
+    outs: [data/]
+  train:
+    cmd: python train.py
+    deps: [train.py, data/]
+    params: [train.C]
+    outs: [model/]
+    metrics: [metrics.json]
+tests: pytest -q tests
+model:
+  name: demo
+  path: model/
+gates:
+  - metric: accuracy
+    min: 0.9
+  - metric: accuracy
+    no_worse_than: production
+    tolerance: 0.01
+"""
+
+
+def _project(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "conveyor.yaml").write_text(text)
+    for name in ("prepare.py", "train.py"):
+        (tmp_path / name).write_text("")
+    return tmp_path
+
+
+def _problems(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        config.load(_project(tmp_path, text))
+    return str(info.value)
+
+
+def test_valid_config_loads_with_defaults(tmp_path: Path) -> None:
+    loaded = config.load(_project(tmp_path, VALID))
+    assert list(loaded.stages) == ["prepare", "train"]
+    assert loaded.tests is not None and loaded.tests.cmd == "pytest -q tests"
+    assert loaded.tests.deps == ["tests/"]
+    assert loaded.deploy.port == 8000 and loaded.triggers.branch == "main"
+    assert loaded.stages["train"].all_outs == ["model/", "metrics.json"]
+    assert config.stage_dependencies(loaded) == {"prepare": set(), "train": {"prepare"}}
+
+
+def test_unknown_key_names_line_and_key(tmp_path: Path) -> None:
+    text = VALID.replace("    outs: [model/]", "    outs: [model/]\n    out: [extra/]")
+    message = _problems(tmp_path, text)
+    assert "conveyor.yaml:12: stages.train.out: unknown key" in message
+
+
+def test_wrong_type_names_line_and_key(tmp_path: Path) -> None:
+    message = _problems(tmp_path, VALID.replace("    min: 0.9", "    min: high"))
+    assert "conveyor.yaml:19: gates.0.min:" in message
+    assert "number" in message
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    text = VALID.replace("model:\n  name: demo\n  path: model/\n", "")
+    assert "conveyor.yaml: model: required key is missing" in _problems(tmp_path, text)
+
+
+def test_gate_without_a_check(tmp_path: Path) -> None:
+    text = VALID.replace("    no_worse_than: production\n    tolerance: 0.01\n", "")
+    assert "conveyor.yaml:20: gates.1: a gate needs at least one of min, max or no_worse_than" in _problems(tmp_path, text)
+
+
+def test_missing_dep_file(tmp_path: Path) -> None:
+    text = VALID.replace("deps: [train.py, data/]", "deps: [train.py, data/, raw.csv]")
+    message = _problems(tmp_path, text)
+    assert "conveyor.yaml:9: stages.train.deps: 'raw.csv' does not exist and no stage writes it" in message
+
+
+def test_cycle_is_reported_with_its_path(tmp_path: Path) -> None:
+    text = VALID.replace("deps: [prepare.py]", "deps: [prepare.py, model/]")
+    message = _problems(tmp_path, text)
+    assert "cycle" in message and "prepare -> train -> prepare" in message
+    assert "conveyor.yaml:5: stages.prepare.deps" in message
+
+
+def test_two_stages_writing_one_out(tmp_path: Path) -> None:
+    text = VALID.replace("outs: [data/]", "outs: [data/, model/]")
+    message = _problems(tmp_path, text)
+    assert "conveyor.yaml:11: stages.train.outs: 'model/' is also written by stage 'prepare'" in message
+
+
+def test_model_path_must_be_an_out(tmp_path: Path) -> None:
+    message = _problems(tmp_path, VALID.replace("  path: model/", "  path: elsewhere/"))
+    assert "conveyor.yaml:16: model.path: 'elsewhere/' is not an out of any stage" in message
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    message = _problems(tmp_path, VALID.replace("    cmd: python train.py", "    cmd: [python"))
+    assert message.startswith("conveyor.yaml:") and "not valid YAML" in message
+
+
+def test_duplicate_key(tmp_path: Path) -> None:
+    message = _problems(tmp_path, VALID + "project: again\n")
+    assert "conveyor.yaml:23: project: duplicate key" in message
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    text = VALID.replace("    min: 0.9", "    min: high").replace("project: demo", "project: demo\nstagez: {}")
+    message = _problems(tmp_path, text)
+    assert "stagez: unknown key" in message and "gates.0.min" in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found; run `conveyor init`"):
+        config.load(tmp_path)
