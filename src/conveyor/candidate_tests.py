@@ -10,7 +10,6 @@ unchanged commit does not run its tests again.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import tempfile
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conveyor.config import TestsConfig
+from conveyor.pipeline import command_env
 from conveyor.store import atomic_write_text, hash_bytes, hash_path
 
 
@@ -54,8 +54,7 @@ def run_tests(tests: TestsConfig, *, root: Path, candidate_path: Path, candidate
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="conveyor-tests-") as scratch:
         report_path = Path(scratch) / "report.json"
-        env = {**os.environ, "CONVEYOR_CANDIDATE_PATH": str(candidate_path),
-               "CONVEYOR_TEST_REPORT": str(report_path)}
+        env = command_env(CONVEYOR_CANDIDATE_PATH=str(candidate_path), CONVEYOR_TEST_REPORT=str(report_path))
         with open(log_path, "wb") as log:
             log.write(f"$ {tests.cmd}\n".encode())
             log.flush()

@@ -95,12 +95,41 @@ def init(directory: Path, example: str | None) -> None:
 
 
 # -- run ----------------------------------------------------------------------------------
-def _render_step(step: Any) -> None:
-    if step.status == "running":
-        return
-    mark = _MARKS.get(step.status, "?")
-    took = f"{step.duration_s:6.2f}s" if step.duration_s else "       "
-    console.print(f" {mark} {step.name:<18} {step.status:<9} {took}  {escape(step.summary)}")
+class _StepPrinter:
+    """Prints each finished step as a line; a spinner names the steps still running."""
+
+    def __init__(self) -> None:
+        self.running: list[str] = []
+        self.status: Any = None
+
+    def __call__(self, step: Any) -> None:
+        if step.status == "running":
+            self.running.append(step.name)
+        elif step.name in self.running:
+            self.running.remove(step.name)
+        if step.status != "running":
+            mark = _MARKS.get(step.status, "?")
+            took = f"{step.duration_s:6.2f}s" if step.duration_s else "       "
+            console.print(f" {mark} {step.name:<18} {step.status:<9} {took}  {escape(step.summary)}")
+        self._spin()
+
+    def _spin(self) -> None:
+        if not console.is_terminal:
+            return
+        if self.running:
+            text = "running " + ", ".join(self.running) + "…"
+            if self.status is None:
+                self.status = console.status(text)
+                self.status.start()
+            else:
+                self.status.update(text)
+        elif self.status is not None:
+            self.status.stop()
+            self.status = None
+
+    def close(self) -> None:
+        self.running.clear()
+        self._spin()
 
 
 def _render_gates(step: Any) -> None:
@@ -166,7 +195,11 @@ def run(force: bool, jobs: int, allow_dirty: bool, wait_s: float, no_deploy: boo
     started = time.perf_counter()
     if not as_json:
         console.print(f"[bold]conveyor run[/] in {escape(str(project.root))}")
-    result = run_line(project, options, on_step=None if as_json else _render_step)
+    printer = _StepPrinter()
+    try:
+        result = run_line(project, options, on_step=None if as_json else printer)
+    finally:
+        printer.close()
     if as_json:
         _dump_json(result.as_dict())
     else:

@@ -57,7 +57,7 @@ class GateConfig(_Strict):
     metric: str = Field(min_length=1)
     min: float | None = None
     max: float | None = None
-    no_worse_than: str | None = None
+    no_worse_than: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]*$")
     tolerance: float = Field(default=0.0, ge=0)
     higher_is_better: bool = True
 

@@ -54,7 +54,11 @@ StepCallback = Callable[[Step], None]
 
 def _sqlite_path(url: str) -> Path | None:
     prefix = "sqlite:///"
-    return Path(url[len(prefix):]) if url.startswith(prefix) else None
+    if not url.startswith(prefix) or "?" in url:
+        return None
+    from urllib.parse import unquote
+
+    return Path(unquote(url[len(prefix):]))
 
 
 class _Line:

@@ -47,11 +47,11 @@ def _versions(packages: Sequence[str]) -> dict[str, str | None]:
     from importlib import metadata
 
     found: dict[str, str | None] = {}
-    for name in (*packages, "conveyor-ml"):
+    for key, name in [*((p, p) for p in packages), ("conveyor", "conveyor-ml")]:
         try:
-            found[name.removesuffix("-ml")] = metadata.version(name)
+            found[key] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            found[name.removesuffix("-ml")] = None
+            found[key] = None
     return found
 
 
@@ -72,6 +72,7 @@ def save_model(
     from conveyor import flavors, signature
 
     impl = flavors.get(flavor)
+    impl.check(model)
     dest = Path(path)
     if dest.exists() and not dest.is_dir():
         raise ConveyorError(f"{dest} is a file; save_model writes a directory there, so pick another path")
@@ -206,8 +207,4 @@ def materialize(store: ArtifactStore, models_dir: Path, digest: str) -> Path:
 
 def load_verified(store: ArtifactStore, models_dir: Path, digest: str) -> LoadedModel:
     """Materialise, verify and load the model stored under `digest` (as recorded by the registry)."""
-    directory = materialize(store, models_dir, digest)
-    actual = hash_path(directory)  # checked again right before unpickling
-    if actual != digest:
-        raise IntegrityError(f"model directory {directory}", digest, actual)
-    return load_model(directory)
+    return load_model(materialize(store, models_dir, digest))

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -73,6 +74,21 @@ def param_value(params: Mapping[str, Any], dotted: str, stage: str) -> Any:
             )
         node = node[part]
     return node
+
+
+def command_env(**extra: str) -> dict[str, str]:
+    """The environment for a stage or test command.
+
+    The directory of the interpreter running Conveyor goes first on PATH, so
+    `python` and `pytest` in conveyor.yaml mean the environment Conveyor (and
+    so the training code that imports it) is installed in, activated or not.
+    """
+    env = {**os.environ, **extra}
+    own_bin = str(Path(sys.executable).parent)
+    parts = env.get("PATH", "").split(os.pathsep)
+    if not parts or parts[0] != own_bin:
+        env["PATH"] = os.pathsep.join([own_bin, *(p for p in parts if p)])
+    return env
 
 
 def cache_key(stage: StageConfig, deps: Mapping[str, str], params: Mapping[str, Any]) -> str:
@@ -174,7 +190,7 @@ class Pipeline:
             else:
                 path.unlink(missing_ok=True)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "CONVEYOR_STAGE": name}
+        env = command_env(CONVEYOR_STAGE=name)
         with open(log_path, "wb") as log:
             log.write(f"$ {stage.cmd}\n".encode())
             log.flush()

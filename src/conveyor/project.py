@@ -57,7 +57,9 @@ class Project:
 
     @property
     def default_registry_url(self) -> str:
-        return f"sqlite:///{self.registry_path}"
+        from urllib.parse import quote
+
+        return f"sqlite:///{quote(str(self.registry_path))}"  # '?' or '%' in a path must not read as URL syntax
 
     @property
     def lock_path(self) -> Path:

@@ -69,8 +69,7 @@ def _create_example(dest: Path, example: str) -> InitResult:
         raise ConveyorError(f"{dest} is a file; give a new or empty directory for the example")
     if dest.is_dir() and any(dest.iterdir()):
         raise ConveyorError(
-            f"{dest} is not empty; the example needs a new or empty directory "
-            f"(try `conveyor init --example {example} {example}`), "
+            f"{dest} is not empty; give the example a new or empty directory, "
             "or run `conveyor init` without --example to describe the project already there"
         )
     git = _require_git()
@@ -205,7 +204,7 @@ def _project_name(root: Path) -> str:
 
 def _flow(value: Any) -> str:
     """A YAML scalar or list on one line, quoted only where YAML needs it."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=10_000)
+    text = str(yaml.safe_dump(value, default_flow_style=True, width=10_000))
     return text.removesuffix("\n...\n").rstrip("\n")
 
 

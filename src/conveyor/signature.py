@@ -14,6 +14,7 @@ wrong does the slow path walk the payload again to name the exact field.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -212,49 +213,56 @@ def _show(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, float):
-        return repr(value)
+        return repr(float(value))
     if isinstance(value, int):
-        text = str(value)
+        text = str(int(value))
         return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
     return type(value).__name__
 
 
+def _kind(value: Any) -> str | None:
+    """'bool', 'int', 'float' or 'str' for a JSON value (or a numpy scalar, via the Python API)."""
+    kind = type(value)
+    if kind is float or kind is int or kind is bool or kind is str:
+        return kind.__name__
+    if isinstance(value, bool) or (kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_")):
+        return "bool"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, numbers.Integral):
+        return "int"
+    if isinstance(value, numbers.Real):
+        return "float"
+    return None
+
+
 def _cell_problem(dtype: str, value: Any) -> str | None:
     """Why `value` cannot fill a `dtype` column, or None if it can."""
-    kind = type(value)
+    kind = _kind(value)
     if dtype in ("float64", "float32"):
-        if kind is float:
-            if not math.isfinite(value):
-                return f"expected a finite number, got {_show(value)}"
-            if dtype == "float32" and abs(value) > _FLOAT32_MAX:
-                return f"{_show(value)} is out of range for float32"
-            return None
-        if kind is int:
+        if kind == "float" or kind == "int":
             try:
                 number = float(value)
             except OverflowError:
                 return f"{_show(value)} is out of range for {dtype}"
+            if not math.isfinite(number):
+                return f"expected a finite number, got {_show(value)}"
             if dtype == "float32" and abs(number) > _FLOAT32_MAX:
                 return f"{_show(value)} is out of range for float32"
             return None
-        if kind is bool:
-            return f"expected a number, got {_show(value)} (a boolean)"
-        return f"expected a number, got {_show(value)}"
+        suffix = " (a boolean)" if kind == "bool" else ""
+        return f"expected a number, got {_show(value)}{suffix}"
     if dtype in _INT_RANGE:
         low, high = _INT_RANGE[dtype]
-        if kind is float and value.is_integer():
-            value = int(value)
-            kind = int
-        if kind is int:
-            return None if low <= value <= high else f"{_show(value)} is out of range for {dtype}"
-        if kind is float:
-            return f"expected an integer, got {_show(value)}"
-        if kind is bool:
-            return f"expected an integer, got {_show(value)} (a boolean)"
-        return f"expected an integer, got {_show(value)}"
+        if kind == "float" and float(value).is_integer():
+            value, kind = int(value), "int"
+        if kind == "int":
+            return None if low <= int(value) <= high else f"{_show(value)} is out of range for {dtype}"
+        suffix = " (a boolean)" if kind == "bool" else ""
+        return f"expected an integer, got {_show(value)}{suffix}"
     if dtype == "bool":
-        return None if kind is bool else f"expected true or false, got {_show(value)}"
-    return None if kind is str else f"expected a string, got {_show(value)}"
+        return None if kind == "bool" else f"expected true or false, got {_show(value)}"
+    return None if kind == "str" else f"expected a string, got {_show(value)}"
 
 
 def _check_row(signature: Signature, row: Any, where: str, order: Sequence[str] | None) -> list[Any]:
@@ -319,7 +327,15 @@ def _fast_array(signature: Signature, rows: list[Any]) -> np.ndarray | None:
     dtypes = {column["dtype"] for column in signature["inputs"]}
     if not dtypes <= {"float64", "float32"}:
         return None
-    width = len(signature["inputs"])
+    names = column_names(signature)
+    width = len(names)
+    if type(rows[0]) is dict:
+        if any(type(row) is not dict or len(row) != width for row in rows):
+            return None
+        try:
+            rows = [[row[name] for name in names] for row in rows]
+        except KeyError:
+            return None
     for row in rows:
         if type(row) is not list or len(row) != width:
             return None
@@ -328,11 +344,16 @@ def _fast_array(signature: Signature, rows: list[Any]) -> np.ndarray | None:
             if kind is not float and kind is not int:
                 return None
     try:
-        array = np.array(rows, dtype=_array_dtype(signature))
+        array = np.array(rows, dtype=np.float64)
     except (OverflowError, ValueError):
         return None
     if not np.isfinite(array).all():
         return None
+    target = _array_dtype(signature)
+    if target != np.float64:
+        if (np.abs(array) > _FLOAT32_MAX).any():
+            return None
+        array = array.astype(target)
     return array
 
 

@@ -1,6 +1,7 @@
 """Flavors: how a model artifact is saved, loaded and called.
 
-A flavor is a module with `save(model, directory) -> artifact file name`,
+A flavor is a module with `check(model)` (raise if it cannot save it),
+`save(model, directory) -> artifact file name`,
 `load(path) -> model`, `predict(model, X, columns) -> numpy array` and
 `PACKAGES` (distributions whose versions are recorded beside the artifact).
 The serving layer only ever talks to a flavor, never to a framework.
@@ -26,6 +27,8 @@ class Flavor(Protocol):
     """What a flavor module provides."""
 
     PACKAGES: tuple[str, ...]
+
+    def check(self, model: Any) -> None: ...
 
     def save(self, model: Any, directory: Path) -> str: ...
 

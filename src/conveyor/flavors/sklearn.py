@@ -18,12 +18,16 @@ ARTIFACT = "model.joblib"
 PACKAGES = ("scikit-learn", "numpy", "joblib")
 
 
-def save(model: Any, directory: Path) -> str:
-    """Dump the estimator into `directory`; return the artifact's file name."""
+def check(model: Any) -> None:
+    """Refuse what is not an estimator before anything is written."""
     if not callable(getattr(model, "predict", None)):
         raise ConveyorError(
             f"a {type(model).__name__} has no predict method; the sklearn flavor needs a fitted estimator"
         )
+
+
+def save(model: Any, directory: Path) -> str:
+    """Dump the estimator into `directory`; return the artifact's file name."""
     import joblib
 
     joblib.dump(model, directory / ARTIFACT)

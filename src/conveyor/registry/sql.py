@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -112,33 +113,12 @@ def _metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     return clean
 
 
-def _to_version(row: Mapping[str, Any]) -> ModelVersion:
-    return ModelVersion(
-        name=row["name"],
-        version=row["version"],
-        digest=row["digest"],
-        flavor=row["flavor"],
-        signature=row["signature"],
-        metrics=row["metrics"],
-        params=row["params"],
-        lineage=row["lineage"],
-        gates=row["gates"],
-        run_id=row["run_id"],
-        created_at=row["created_at"],
-    )
+def _to_version(row: Mapping[Any, Any]) -> ModelVersion:
+    return ModelVersion(**{field.name: row[field.name] for field in fields(ModelVersion)})
 
 
-def _to_move(row: Mapping[str, Any]) -> AliasMove:
-    return AliasMove(
-        name=row["name"],
-        alias=row["alias"],
-        from_version=row["from_version"],
-        to_version=row["to_version"],
-        at=row["at"],
-        actor=row["actor"],
-        reason=row["reason"],
-        run_id=row["run_id"],
-    )
+def _to_move(row: Mapping[Any, Any]) -> AliasMove:
+    return AliasMove(**{field.name: row[field.name] for field in fields(AliasMove)})
 
 
 def _span(versions: Sequence[int]) -> str:
@@ -182,8 +162,8 @@ class Registry:
 
     def _failure(self, exc: sa.exc.DBAPIError) -> RegistryError:
         return RegistryError(
-            f"the registry at {self._where} failed: {exc.orig}; check that the database "
-            "is reachable and writable, and that no other process holds it locked"
+            f"the registry at {self._where} failed: {exc.orig}; check that it is a Conveyor "
+            "registry you can reach, read and write, and that no process keeps it locked"
         )
 
     @contextmanager
@@ -191,7 +171,7 @@ class Registry:
         try:
             with self._engine.connect() as conn:
                 yield conn
-        except sa.exc.OperationalError as exc:
+        except sa.exc.DatabaseError as exc:
             raise self._failure(exc) from exc
 
     def _write(self, work: Callable[[sa.Connection], _T]) -> _T:
@@ -208,39 +188,27 @@ class Registry:
                         f"the registry at {self._where} kept refusing a write "
                         f"({exc.orig}) after {attempt} tries; run the command again"
                     ) from exc
-            except sa.exc.OperationalError as exc:
+            except sa.exc.DatabaseError as exc:  # after IntegrityError, its subclass
                 raise self._failure(exc) from exc
         raise AssertionError("unreachable")
 
     # -- lookups ------------------------------------------------------------
 
     @staticmethod
-    def _row(conn: sa.Connection, name: str, version: int) -> ModelVersion | None:
-        row = conn.execute(
-            sa.select(model_versions).where(
-                model_versions.c.name == name, model_versions.c.version == version
-            )
-        ).first()
+    def _first(conn: sa.Connection, *where: sa.ColumnElement[bool]) -> ModelVersion | None:
+        """The newest version matching `where`, if any."""
+        query = sa.select(model_versions).where(*where)
+        row = conn.execute(query.order_by(model_versions.c.version.desc()).limit(1)).first()
         return None if row is None else _to_version(row._mapping)
 
-    @staticmethod
-    def _latest(conn: sa.Connection, name: str) -> ModelVersion | None:
-        row = conn.execute(
-            sa.select(model_versions)
-            .where(model_versions.c.name == name)
-            .order_by(model_versions.c.version.desc())
-            .limit(1)
-        ).first()
-        return None if row is None else _to_version(row._mapping)
+    def _row(self, conn: sa.Connection, name: str, version: int) -> ModelVersion | None:
+        return self._first(conn, model_versions.c.name == name, model_versions.c.version == version)
 
-    @staticmethod
-    def _by_digest(conn: sa.Connection, name: str, digest: str) -> ModelVersion | None:
-        row = conn.execute(
-            sa.select(model_versions).where(
-                model_versions.c.name == name, model_versions.c.digest == digest
-            )
-        ).first()
-        return None if row is None else _to_version(row._mapping)
+    def _latest(self, conn: sa.Connection, name: str) -> ModelVersion | None:
+        return self._first(conn, model_versions.c.name == name)
+
+    def _by_digest(self, conn: sa.Connection, name: str, digest: str) -> ModelVersion | None:
+        return self._first(conn, model_versions.c.name == name, model_versions.c.digest == digest)
 
     @staticmethod
     def _alias(conn: sa.Connection, name: str, alias: str) -> int | None:
@@ -365,17 +333,20 @@ class Registry:
             raise RegistryError(f"cannot register '{name}' without an artifact digest")
         if not flavor:
             raise RegistryError(f"cannot register '{name}' without a flavor (e.g. sklearn)")
-        values: dict[str, Any] = {
-            "name": name,
-            "digest": digest,
-            "flavor": flavor,
-            "signature": _json("signature", dict(signature)),
-            "metrics": _metrics(metrics),
-            "params": _json("params", dict(params)),
-            "lineage": _json("lineage", dict(lineage)),
-            "gates": _json("gates", [dict(gate) for gate in gates]),
-            "run_id": run_id,
-        }
+        try:
+            values: dict[str, Any] = {
+                "name": name,
+                "digest": digest,
+                "flavor": flavor,
+                "signature": _json("signature", dict(signature)),
+                "metrics": _metrics(metrics),
+                "params": _json("params", dict(params)),
+                "lineage": _json("lineage", dict(lineage)),
+                "gates": _json("gates", [dict(gate) for gate in gates]),
+                "run_id": run_id,
+            }
+        except RegistryError as exc:
+            raise RegistryError(f"cannot register '{name}': {exc}") from None
 
         def write(conn: sa.Connection) -> tuple[ModelVersion, bool]:
             existing = self._by_digest(conn, name, digest)
