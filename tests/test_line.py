@@ -50,6 +50,15 @@ def statuses(record: dict[str, Any]) -> dict[str, str]:
     return {step["name"]: step["status"] for step in record["steps"]}
 
 
+def slow_down_training(root: Path, seconds: int) -> None:
+    """Make the train stage sleep first, so a test can act while it runs."""
+    train = root / "src" / "train.py"
+    future = "from __future__ import annotations\n"
+    text = train.read_text()
+    assert future in text
+    train.write_text(text.replace(future, future + f"import time\ntime.sleep({seconds})\n", 1))
+
+
 def set_param(root: Path, old: str, new: str) -> None:
     params = root / "params.yaml"
     text = params.read_text()
@@ -186,8 +195,8 @@ def test_dirty_tree_is_refused_unless_allowed(iris: Path) -> None:
 
 
 def test_kill_9_mid_stage_then_rerun_succeeds(iris: Path) -> None:
-    (iris / "src" / "train.py").write_text(
-        "import time\ntime.sleep(60)\n" + (iris / "src" / "train.py").read_text())
+    original = (iris / "src" / "train.py").read_text()
+    slow_down_training(iris, 60)
     commit_all(iris, "slow training")
     runner = subprocess.Popen([sys.executable, "-m", "conveyor", "run"], cwd=iris,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -206,15 +215,14 @@ def test_kill_9_mid_stage_then_rerun_succeeds(iris: Path) -> None:
     leftovers = [p for p in (iris / ".conveyor").rglob(".tmp-*")]
     assert leftovers == []
 
-    (iris / "src" / "train.py").write_text((iris / "src" / "train.py").read_text().replace("time.sleep(60)\n", ""))
+    (iris / "src" / "train.py").write_text(original)
     commit_all(iris, "fast training again")
     record = run_json(iris)
     assert record["status"] == "passed" and record["model"]["version"] == 1
 
 
 def test_second_run_at_once_fails_clearly(iris: Path) -> None:
-    (iris / "src" / "train.py").write_text(
-        "import time\ntime.sleep(30)\n" + (iris / "src" / "train.py").read_text())
+    slow_down_training(iris, 30)
     commit_all(iris, "slow training")
     first = subprocess.Popen([sys.executable, "-m", "conveyor", "run"], cwd=iris,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

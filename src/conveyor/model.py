@@ -198,7 +198,11 @@ def materialize(store: ArtifactStore, models_dir: Path, digest: str) -> Path:
     dest = models_dir / digest.removesuffix(TREE_SUFFIX)
     if dest.is_dir() and hash_path(dest) == digest:
         return dest
-    store.restore(digest, dest)
+    try:
+        store.restore(digest, dest)
+    except OSError:  # another process restored the same digest at the same moment
+        if not dest.is_dir():
+            raise
     actual = hash_path(dest)
     if actual != digest:
         raise IntegrityError(f"model directory {dest}", digest, actual)

@@ -84,8 +84,9 @@ def _columns_from_records(records: Sequence[Any]) -> list[dict[str, str]]:
         if not isinstance(row, Mapping):
             raise ConveyorError(f"sample input row {i} is a {type(row).__name__}; a list sample must hold dicts")
         for key, value in row.items():
+            key = str(key)
             if key not in kinds:
-                names.append(str(key))
+                names.append(key)
                 kinds[key] = set()
             kinds[key].add(_python_dtype(value, f"sample input row {i}, column '{key}'"))
     columns = []
@@ -106,6 +107,8 @@ def _columns_from_records(records: Sequence[Any]) -> list[dict[str, str]]:
 def _input_columns(sample: Any, input_names: Sequence[str] | None) -> tuple[list[dict[str, str]], str]:
     if hasattr(sample, "columns") and hasattr(sample, "dtypes") and hasattr(sample, "to_numpy"):
         names = [str(c) for c in sample.columns]
+        if len(sample) == 0:
+            raise ConveyorError("sample DataFrame has no rows; pass a few rows of training data")
         if len(set(names)) != len(names):
             raise ConveyorError("sample DataFrame has duplicate column names; rename them")
         dtypes = [
@@ -417,4 +420,4 @@ def check_signature(signature: Any, where: str) -> Signature:
     )
     if not ok:
         raise ConveyorError(f"{where}: the model signature is malformed; save the model again with conveyor.save_model")
-    return signature  # type: ignore[no-any-return]
+    return dict(signature)

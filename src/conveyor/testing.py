@@ -24,16 +24,25 @@ CANDIDATE_ENV = "CONVEYOR_CANDIDATE_PATH"
 REPORT_ENV = "CONVEYOR_TEST_REPORT"
 
 
-def _candidate_path(start: Path) -> Path:
+def _candidate_path(pytest_config: pytest.Config) -> Path:
     from_env = os.environ.get(CANDIDATE_ENV)
     if from_env:
         return Path(from_env)
     from conveyor import config
-    from conveyor.exceptions import ConveyorError
+    from conveyor.exceptions import ConveyorError, NotAProjectError
     from conveyor.project import Project
 
+    here = pytest_config.invocation_params.dir
+    starts = [here, *(here / arg.split("::")[0] for arg in pytest_config.args)]  # where pytest ran, the tests
     try:
-        project = Project.find(start)
+        for start in starts:
+            try:
+                project = Project.find(start if start.is_dir() else start.parent)
+                break
+            except NotAProjectError:
+                continue
+        else:
+            raise NotAProjectError(str(here))
         parsed, _ = config.parse(project.config_path.read_text(encoding="utf-8"), str(project.config_path))
     except ConveyorError as exc:
         pytest.fail(f"candidate_model: {exc}", pytrace=False)
@@ -46,7 +55,7 @@ def candidate_model(request: pytest.FixtureRequest) -> LoadedModel:
     from conveyor.exceptions import ConveyorError
     from conveyor.model import METADATA_FILE, load_model
 
-    path = _candidate_path(request.config.invocation_params.dir)
+    path = _candidate_path(request.config)
     if not (path / METADATA_FILE).is_file():
         pytest.fail(
             f"candidate_model: no model at {path} yet; run `conveyor run` first "

@@ -45,7 +45,8 @@ INLINE_MAX_ROWS = 64
 """Requests up to this many rows predict on the event loop; larger ones go to a worker thread.
 
 For small models the thread hand-off costs more than the prediction itself
-(see the numbers in the README); a big batch must not stall other requests.
+(LogisticRegression on iris, one row, 2 CPUs: p50 0.62 ms inline, 1.10 ms via
+the thread pool); a big batch must not stall the other requests.
 """
 
 

@@ -1,0 +1,292 @@
+"""The local target: the model server as a managed background process.
+
+`conveyor run` calls `ensure_serving` after a promotion: a server this project
+started is told to reload (it swaps versions without dropping a request);
+otherwise a new one is started, detached, and waited on until /readyz answers.
+What is running is recorded in `.conveyor/server.json` (mode 0600: it holds
+the management token). Only the standard library is used here, so that
+`conveyor run` stays fast.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from conveyor import defaults
+from conveyor.exceptions import ServingError
+from conveyor.project import Project
+from conveyor.serving.server import url_for
+from conveyor.store import atomic_write_text
+
+TOKEN_ENV = "CONVEYOR_SERVER_TOKEN"
+"""Environment variable that hands the management token to `conveyor serve` (never argv: `ps` shows argv)."""
+
+REGISTRY_ENV = "CONVEYOR_REGISTRY_URL"
+"""Environment variable that tells `conveyor serve` which registry to read (it may hold a password)."""
+
+STOP_TIMEOUT_S = 10.0
+"""How long `stop` waits after SIGTERM before it sends SIGKILL."""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A model version live on the local server."""
+
+    ref: str
+    name: str
+    version: int
+    url: str
+    pid: int
+    started_at: str
+
+
+class _Unreachable(Exception):
+    pass
+
+
+def _request(host: str, port: int, method: str, path: str, *, token: str | None = None,
+             timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of one request; `_Unreachable` if nothing answers over HTTP."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        conn.request(method, path, headers=headers)
+        response = conn.getresponse()
+        raw = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise _Unreachable(str(exc)) from None
+    finally:
+        conn.close()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = {"error": raw[:200].decode("utf-8", "replace")}
+    return response.status, body if isinstance(body, dict) else {"error": str(body)}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by its parent) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _is_our_server(pid: int) -> bool:
+    """False when the pid now belongs to some other program (pids are reused)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc (macOS): trust the pid
+    return b"conveyor" in b" ".join(argv) and b"serve" in argv
+
+
+def _read_state(project: Project) -> dict[str, Any] | None:
+    try:
+        state = json.loads(project.server_state_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        state = None
+    fields = (("pid", int), ("port", int), ("version", int), ("host", str), ("token", str), ("ref", str),
+              ("name", str), ("started_at", str))
+    if not isinstance(state, dict) or not all(isinstance(state.get(k), kind) for k, kind in fields):
+        project.server_state_path.unlink(missing_ok=True)  # a corrupt record is no record
+        return None
+    return state
+
+
+def _write_state(project: Project, state: dict[str, Any]) -> None:
+    atomic_write_text(project.server_state_path, json.dumps(state, indent=2) + "\n")
+    os.chmod(project.server_state_path, 0o600)
+
+
+def _deployment(state: dict[str, Any]) -> Deployment:
+    return Deployment(
+        ref=state["ref"], name=state["name"], version=int(state["version"]),
+        url=url_for(state["host"], int(state["port"])), pid=int(state["pid"]), started_at=state["started_at"],
+    )
+
+
+def _live_state(project: Project) -> dict[str, Any] | None:
+    """The recorded server if its process still runs; a stale record is removed."""
+    state = _read_state(project)
+    if state is None:
+        return None
+    if _alive(state["pid"]) and _is_our_server(state["pid"]):
+        return state
+    project.server_state_path.unlink(missing_ok=True)
+    return None
+
+
+def current(project: Project) -> Deployment | None:
+    """What the local server of `project` serves now, or None if none runs."""
+    state = _live_state(project)
+    if state is None:
+        return None
+    try:
+        status, body = _request(state["host"], state["port"], "GET", "/version", timeout=1.0)
+    except _Unreachable:
+        return _deployment(state)
+    if status == 200 and body.get("version") != state["version"]:  # reloaded by someone else
+        state = {**state, "name": body["name"], "version": body["version"]}
+        _write_state(project, state)
+    return _deployment(state)
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _terminate(pid: int, timeout_s: float) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+        if not _wait_gone(pid, timeout_s):
+            os.kill(pid, signal.SIGKILL)
+            _wait_gone(pid, 5.0)
+    except ProcessLookupError:
+        pass
+
+
+def stop(project: Project, *, timeout_s: float = STOP_TIMEOUT_S) -> Deployment | None:
+    """Stop the local server (SIGTERM, then SIGKILL after `timeout_s`); return what it served."""
+    state = _live_state(project)
+    if state is None:
+        return None
+    _terminate(state["pid"], timeout_s)
+    project.server_state_path.unlink(missing_ok=True)
+    return _deployment(state)
+
+
+def _log_tail(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return "(no log)"
+    lines = text.rstrip().splitlines()[-defaults.LOG_TAIL_LINES:]
+    return "\n".join(f"  {line}" for line in lines) or "  (the log is empty)"
+
+
+def _check_port_free(host: str, port: int) -> None:
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ServingError(f"cannot serve on host '{host}': {exc.strerror}; set deploy.host to an address of this machine") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ServingError(
+                    f"port {port} on {host} is already in use by another process (not a model server "
+                    "this project started); stop that process, or pick another port with --port "
+                    "or deploy.port in conveyor.yaml"
+                ) from None
+            raise ServingError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
+
+
+def _start(project: Project, ref: str, host: str, port: int, registry_url: str, timeout_s: float) -> Deployment:
+    _check_port_free(host, port)
+    token = secrets.token_urlsafe(32)
+    project.state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = project.server_log_path
+    with open(log_path, "ab") as log:
+        offset = log.tell()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "conveyor", "serve", ref, "--host", host, "--port", str(port)],
+            cwd=project.root, env={**os.environ, TOKEN_ENV: token, REGISTRY_ENV: registry_url},
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    # Reap the child whenever it exits, for as long as this process lives; it outlives us otherwise.
+    threading.Thread(target=process.wait, name=f"conveyor-server-{process.pid}", daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        code = process.poll()
+        if code is not None:
+            raise ServingError(
+                f"the model server for {ref} exited with code {code} before it was ready; "
+                f"the end of {log_path}:\n{_log_tail(log_path, offset)}"
+            )
+        try:
+            status, body = _request(host, port, "GET", "/readyz", timeout=1.0)
+        except _Unreachable:
+            status, body = 0, {}
+        if status == 200 and isinstance(body.get("model"), dict):
+            break
+        if time.monotonic() > deadline:
+            _terminate(process.pid, STOP_TIMEOUT_S)
+            raise ServingError(
+                f"the model server for {ref} was not ready after {timeout_s:.0f}s and was stopped; "
+                f"the end of {log_path}:\n{_log_tail(log_path, offset)}"
+            )
+        time.sleep(0.05)
+    state = {
+        "pid": process.pid, "host": host, "port": port, "token": token, "ref": ref,
+        "name": body["model"]["name"], "version": body["model"]["version"],
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    _write_state(project, state)
+    return _deployment(state)
+
+
+def ensure_serving(
+    project: Project,
+    ref: str,
+    *,
+    host: str,
+    port: int,
+    registry_url: str,
+    timeout_s: float = defaults.SERVER_START_TIMEOUT_S,
+) -> Deployment:
+    """Make the local server serve what `ref` points to now; return what it serves.
+
+    A running server of this project that follows `ref` on `host`:`port` is
+    told to reload; if the new version cannot load, it keeps the old one and
+    this raises `ServingError` with the reason. Otherwise (none running, or it
+    follows another ref or port) a new server is started in its place.
+    """
+    state = _live_state(project)
+    if state is not None:
+        if (state["ref"], state["host"], int(state["port"])) == (ref, host, port):
+            try:
+                status, body = _request(host, port, "POST", "/-/reload", token=state["token"], timeout=timeout_s)
+            except _Unreachable:
+                status, body = 0, {}
+            if status == 200:
+                state = {**state, "name": body["model"]["name"], "version": body["model"]["version"]}
+                _write_state(project, state)
+                return _deployment(state)
+            if status not in (0, 401, 403):  # it answered, and refused the new version
+                raise ServingError(
+                    f"the local server at {url_for(host, port)} (pid {state['pid']}) could not switch "
+                    f"to {ref}: {body.get('error', status)}"
+                )
+        stop(project)
+    return _start(project, ref, host, port, registry_url, timeout_s)
