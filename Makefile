@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## Scaffold the iris example, run the whole line, query the live API, stop the server.
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
-test: $(STAMP)  ## Run the test suite (integration tests included).
+test: $(STAMP)  ## Type-check the package, then run the test suite (integration tests included).
+	$(BIN)/python -m mypy src/conveyor
 	$(BIN)/python -m pytest
+
+lint: $(STAMP)  ## Type-check the package (strict).
+	$(BIN)/python -m mypy src/conveyor
 
 bench: $(STAMP)  ## Benchmarks; results go to benchmarks/RESULTS.md.
 	$(BIN)/python benchmarks/noop_run.py

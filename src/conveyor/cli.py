@@ -56,6 +56,9 @@ class _Group(click.Group):
         except ConveyorError as exc:
             err_console.print(f"[red]Error:[/] {escape(str(exc))}")
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err_console.print("[yellow]Interrupted.[/] Nothing half-written was kept; `conveyor runs show` has the record.")
+            sys.exit(130)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -90,8 +93,6 @@ def init(directory: Path, example: str | None) -> None:
         console.print(f"  [green]committed[/] {result.commit[:10]}")
     for note in result.notes:
         console.print(f"  [yellow]note:[/] {escape(note)}")
-    where = "" if directory.resolve() == Path.cwd() else f"cd {directory} && "
-    console.print(f"Next: [bold]{where}conveyor run[/]")
 
 
 # -- run ----------------------------------------------------------------------------------
@@ -258,7 +259,7 @@ def runs_list(limit: int, as_json: bool) -> None:
     from conveyor.runs import RunStore
 
     project = Project.find()
-    records = RunStore(project.runs_dir).list(limit)
+    records = RunStore(project.runs_dir).recent(limit)
     if as_json:
         _dump_json([r.as_dict() for r in records])
         return
@@ -344,9 +345,8 @@ def models_list(name: str | None, as_json: bool) -> None:
         names = [name] if name else registry.models()
         rows = []
         for model_name in names:
-            aliases = registry.aliases(model_name)
             by_version: dict[int, list[str]] = {}
-            for alias, version in aliases.items():
+            for alias, version in registry.aliases(model_name).items():
                 by_version.setdefault(version, []).append(alias)
             for mv in registry.versions(model_name):
                 rows.append((mv, sorted(by_version.get(mv.version, []))))
@@ -359,13 +359,13 @@ def models_list(name: str | None, as_json: bool) -> None:
         console.print("No models registered yet: `conveyor run` registers one when its gates pass.")
         return
     table = Table()
-    for column in ("model", "aliases", "metrics", "commit", "created", "digest"):
-        table.add_column(column)
+    for column in ("model", "aliases", "metrics", "commit", "created"):
+        table.add_column(column, no_wrap=column != "metrics")
     for mv, aliases in rows:
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(mv.metrics.items()))
-        commit = str(mv.lineage.get("git", {}).get("commit", "-"))[:10]
-        table.add_row(mv.ref, ", ".join(aliases), metrics, commit, mv.created_at.strftime("%Y-%m-%d %H:%M"),
-                      mv.digest[:12])
+        metrics = "\n".join(f"{k}={v:.4g}" for k, v in sorted(mv.metrics.items()))
+        git = mv.lineage.get("git", {})
+        commit = str(git.get("commit", "-"))[:10] + ("*" if git.get("dirty") else "")
+        table.add_row(mv.ref, ", ".join(aliases), metrics, commit, mv.created_at.strftime("%Y-%m-%d %H:%M"))
     console.print(table)
 
 

@@ -7,6 +7,7 @@ pydantic v2 validates the structure; the checks that need the whole file
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -141,7 +142,7 @@ def _key_name(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc if part not in ("function-after[_has_a_check()]",))
 
 
-def _humane(error: dict[str, Any]) -> str:
+def _humane(error: Mapping[str, Any]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         return "unknown key; check its spelling against the documented keys"

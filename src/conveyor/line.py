@@ -160,15 +160,14 @@ class _Line:
                            candidate_digest=digest, cache_dir=self.project.stage_cache_dir, log_path=log_path,
                            force=self.options.force)
         step.exit_code = result.exit_code
-        counts = f"{result.passed} passed" if result.passed is not None else ""
+        counts = f"{result.passed} passed" if result.passed is not None else "passed"
         if result.status == "failed":
             shown = ", ".join(result.failures[:5]) or f"exit code {result.exit_code}"
             self._finish(step, "failed", f"failing: {shown}", failures=result.failures)
             self.run.error = f"tests failed: {shown}"
             return False
-        status_summary = "unchanged, passed before" if result.status == "cached" else "passed"
-        self._finish(step, result.status, f"{counts} ({status_summary})" if counts else status_summary,
-                     passed=result.passed)
+        summary = f"{counts} before; tests and model unchanged" if result.status == "cached" else counts
+        self._finish(step, result.status, summary, passed=result.passed)
         return True
 
     def metrics(self) -> dict[str, float]:
@@ -264,7 +263,8 @@ class _Line:
             return current
         move = self.registry.set_alias(name, defaults.PRODUCTION_ALIAS, version, actor=git_module.user(self.project.root),
                                        reason=f"gates passed in run {self.run.id}", run_id=self.run.id)
-        self._finish(step, "ran", f"production: v{move.from_version or '-'} → v{version}")
+        before = f"v{move.from_version}" if move.from_version else "(none)"
+        self._finish(step, "ran", f"production: {before} → v{version}")
         return version
 
     def deploy(self, production: int | None) -> bool:

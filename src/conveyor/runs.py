@@ -128,7 +128,8 @@ class RunStore:
             return []
         return sorted((p.name for p in self.root.iterdir() if (p / "run.json").is_file()), reverse=True)
 
-    def list(self, limit: int = 20) -> list[Run]:
+    def recent(self, limit: int = 20) -> list[Run]:
+        """The newest runs, newest first."""
         runs = []
         for run_id in self.ids()[:limit]:
             try:
@@ -138,6 +139,7 @@ class RunStore:
         return runs
 
     def log_tail(self, run: Run, step: Step, lines: int) -> list[str]:
+        """The last lines of a step's log (none when it has no log)."""
         if not step.log:
             return []
         path = self.run_dir(run.id) / step.log
