@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +125,59 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found; run `conveyor init`"):
         config.load(tmp_path)
+
+
+def test_constraint_errors_point_at_the_key(tmp_path: Path) -> None:
+    text = VALID.replace("    tolerance: 0.01", "    tolerance: -1") + "deploy:\n  port: 70000\n"
+    message = _problems(tmp_path, text)
+    assert "conveyor.yaml:22: gates.1.tolerance: must be 0 or more, not -1.0" in message
+    assert "conveyor.yaml:24: deploy.port: must be between 1 and 65535, not 70000" in message
+
+
+def test_empty_stages(tmp_path: Path) -> None:
+    text = "project: x\nstages: {}\nmodel: {name: x, path: m}\n"
+    assert "conveyor.yaml:2: stages: declare at least one stage" in _problems(tmp_path, text)
+
+
+def test_tests_shorthand_and_long_form_agree(tmp_path: Path) -> None:
+    short = config.parse(VALID)[0].tests
+    long = config.parse(VALID.replace("tests: pytest -q tests", "tests:\n  cmd: pytest -q tests"))[0].tests
+    assert short == long
+
+
+def test_validated_config_is_reused_until_the_file_changes(tmp_path: Path) -> None:
+    root = _project(tmp_path, VALID)
+    state = root / ".conveyor"
+    state.mkdir()
+    first = config.load(root, state)
+    assert (state / "config.json").is_file()
+    assert config.load(root, state) == first
+    # A fresh process loads the cached copy without importing PyYAML or pydantic.
+    probe = (
+        "import sys; from pathlib import Path; from conveyor import config; "
+        f"config.load(Path({str(root)!r}), Path({str(state)!r})); "
+        "print(sorted(m for m in ('yaml', 'pydantic') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    (root / "conveyor.yaml").write_text(VALID.replace("min: 0.9", "min: 0.8"))
+    assert config.load(root, state).gates[0].min == 0.8
+
+
+def test_corrupt_cached_config_is_a_miss(tmp_path: Path) -> None:
+    root = _project(tmp_path, VALID)
+    state = root / ".conveyor"
+    state.mkdir()
+    config.load(root, state)
+    (state / "config.json").write_text('{"key": "x", "config": [')
+    assert config.load(root, state).project == "demo"
+
+
+def test_graph_errors_from_a_cached_config_still_name_lines(tmp_path: Path) -> None:
+    root = _project(tmp_path, VALID)
+    state = root / ".conveyor"
+    state.mkdir()
+    config.load(root, state)
+    (root / "train.py").unlink()
+    with pytest.raises(ConfigError, match=r"conveyor.yaml:9: stages.train.deps: 'train.py' does not exist"):
+        config.load(root, state)

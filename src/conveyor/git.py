@@ -36,37 +36,46 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
         raise ConveyorError("git is not installed; Conveyor records the commit behind every model") from None
 
 
+def _status_path(entry: str) -> str | None:
+    """The path of one `git status --porcelain=v2 -z` record (None for headers)."""
+    kind = entry[:1]
+    fields_before_path = {"1": 8, "2": 9, "u": 10, "?": 1, "!": 1}.get(kind)
+    if fields_before_path is None:
+        return None
+    return entry.split(" ", fields_before_path)[-1]
+
+
 def state(root: Path, ignore: tuple[str, ...] = ()) -> GitState:
-    """Commit, branch and uncommitted paths of the repository at `root`.
+    """Commit, branch and uncommitted paths of the repository at `root`, from one `git status`.
 
     Paths equal to or under an entry of `ignore` (stage outs, `.conveyor/`) are
     products of the line, not changes to it, and do not make the tree dirty.
     """
-    head = _git(root, "rev-parse", "--verify", "-q", "HEAD")
-    if head.returncode != 0:
-        inside = _git(root, "rev-parse", "--is-inside-work-tree")
-        if inside.returncode != 0:
-            raise ConveyorError(
-                f"{root} is not a git repository; run `git init` and commit the project first"
-            )
+    status = _git(root, "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all")
+    if status.returncode != 0:
+        raise ConveyorError(
+            f"{root} is not a git repository ({status.stderr.strip()}); "
+            "run `git init` and commit the project first"
+        )
+    commit: str | None = None
+    branch: str | None = None
+    dirty: list[str] = []
+    records = iter(status.stdout.split("\0"))
+    prefixes = tuple(p.rstrip("/") + "/" for p in ignore)
+    for record in records:
+        if record.startswith("# branch.oid "):
+            commit = record.removeprefix("# branch.oid ")
+        elif record.startswith("# branch.head "):
+            head = record.removeprefix("# branch.head ")
+            branch = None if head == "(detached)" else head
+        elif (path := _status_path(record)) is not None:
+            if record.startswith("2 "):
+                next(records, None)  # a rename's record is followed by its source path
+            if not any(path == p.rstrip("/") or path.startswith(prefix) for p, prefix in zip(ignore, prefixes)):
+                dirty.append(path)
+    if commit is None or commit == "(initial)":
         raise ConveyorError("the repository has no commits yet; commit the project first")
-    branch = _git(root, "symbolic-ref", "--short", "-q", "HEAD").stdout.strip() or None
-    porcelain = _git(root, "status", "--porcelain", "-z", "--untracked-files=all")
-    dirty = []
-    entries = porcelain.stdout.split("\0")
-    skip_next = False
-    for entry in entries:
-        if skip_next:
-            skip_next = False
-            continue
-        if len(entry) < 4:
-            continue
-        if entry[0] in "RC":  # a rename is followed by its source path
-            skip_next = True
-        path = entry[3:]
-        if not any(path == p or path.startswith(p.rstrip("/") + "/") for p in ignore):
-            dirty.append(path)
-    return GitState(commit=head.stdout.strip(), branch=branch, dirty_paths=tuple(dirty))
+    return GitState(commit=commit, branch=branch, dirty_paths=tuple(dirty))
 
 
 def user(root: Path) -> str:

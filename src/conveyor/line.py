@@ -324,7 +324,7 @@ def run_line(project: Project, options: LineOptions, on_step: StepCallback | Non
     Errors found before the run starts (bad config, dirty tree, lock held) are
     raised; failures of a step are recorded in the run and reflected in its status.
     """
-    config = config_module.load(project.root)
+    config = config_module.load(project.root, project.state_dir)
     products = tuple(out for stage in config.stages.values() for out in stage.all_outs)
     git = git_module.state(project.root, ignore=(defaults.STATE_DIR, *products))
     if git.dirty and not options.allow_dirty:

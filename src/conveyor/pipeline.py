@@ -44,23 +44,41 @@ class StageResult:
     error: str | None = None
 
 
-def load_params(root: Path) -> dict[str, Any]:
-    """The project's `params.yaml` (empty when there is none)."""
+def load_params(root: Path, cache_dir: Path | None = None) -> dict[str, Any]:
+    """The project's `params.yaml` (empty when there is none), as JSON-compatible values.
+
+    With `cache_dir`, an unchanged file is read from a JSON copy keyed by its
+    digest, which spares a cached run the import of PyYAML.
+    """
     path = root / defaults.PARAMS_FILE
-    if not path.is_file():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
         return {}
+    key = hash_bytes(text.encode())
+    cache_file = cache_dir / "params.json" if cache_dir else None
+    if cache_file is not None:
+        try:
+            entry = json.loads(cache_file.read_text(encoding="utf-8"))
+            if entry["key"] == key and isinstance(entry["params"], dict):
+                cached: dict[str, Any] = entry["params"]
+                return cached
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a missing or corrupt copy is a miss
     import yaml
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=loader)  # noqa: S506 - a safe loader
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         raise ConfigError(defaults.PARAMS_FILE, [(None, "", f"not valid YAML: {exc}")]) from None
     if data is None:
-        return {}
+        data = {}
     if not isinstance(data, dict):
         raise ConfigError(defaults.PARAMS_FILE, [(1, "", "expected a mapping of parameter names to values")])
-    return data
+    params: dict[str, Any] = json.loads(json.dumps(data, default=str))  # dates become strings, on every path
+    if cache_file is not None and cache_file.parent.is_dir():
+        atomic_write_text(cache_file, json.dumps({"key": key, "params": params}))
+    return params
 
 
 def param_value(params: Mapping[str, Any], dotted: str, stage: str) -> Any:
@@ -144,7 +162,7 @@ class Pipeline:
         self.config = config
         self.store = store
         self.cache = cache
-        self.params = load_params(root)
+        self.params = load_params(root, cache.root)
 
     def order(self) -> list[str]:
         """Stages in an order that respects their deps (ties broken by name)."""

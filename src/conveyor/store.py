@@ -70,8 +70,6 @@ def _atomic_write_bytes(dest: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.replace(tmp, dest)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -79,7 +77,11 @@ def _atomic_write_bytes(dest: Path, data: bytes) -> None:
 
 
 def atomic_write_text(dest: Path, text: str) -> None:
-    """Write a text file so readers see the old or the new content, never a mix."""
+    """Write a text file so readers see the old or the new content, never a mix.
+
+    No fsync: the rename makes this safe against a killed process; after a
+    power cut, digests and "a corrupt entry is a miss" catch a torn file.
+    """
     _atomic_write_bytes(dest, text.encode("utf-8"))
 
 
