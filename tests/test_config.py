@@ -41,6 +41,7 @@ def _project(tmp_path: Path, text: str) -> Path:
     (tmp_path / "conveyor.yaml").write_text(text)
     for name in ("prepare.py", "train.py"):
         (tmp_path / name).write_text("")
+    (tmp_path / "tests").mkdir(exist_ok=True)
     return tmp_path
 
 
@@ -181,3 +182,32 @@ def test_graph_errors_from_a_cached_config_still_name_lines(tmp_path: Path) -> N
     (root / "train.py").unlink()
     with pytest.raises(ConfigError, match=r"conveyor.yaml:9: stages.train.deps: 'train.py' does not exist"):
         config.load(root, state)
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "expected"),
+    [
+        ("outs: [model/]", "outs: [/tmp/victim]", "conveyor.yaml:11: stages.train.outs: '/tmp/victim' must be relative"),
+        ("outs: [model/]", "outs: [./]", "conveyor.yaml:11: stages.train.outs: './' must name a file or directory inside"),
+        ("outs: [data/]", "outs: [../data/]", "conveyor.yaml:6: stages.prepare.outs: '../data/' must stay inside"),
+        ("outs: [data/]", "outs: [.git/hooks]", "conveyor.yaml:6: stages.prepare.outs: '.git/hooks' must not be inside .git/"),
+        ("outs: [data/]", "outs: [conveyor.yaml]", "conveyor.yaml:6: stages.prepare.outs: 'conveyor.yaml' is an input"),
+        ("deps: [prepare.py]", "deps: [/etc/passwd]", "conveyor.yaml:5: stages.prepare.deps: '/etc/passwd' must be relative"),
+        ("metrics: [metrics.json]", "metrics: [../m.json]", "conveyor.yaml:12: stages.train.metrics: '../m.json' must stay"),
+        ("  path: model/", "  path: /model", "conveyor.yaml:16: model.path: '/model' must be relative"),
+    ],
+)
+def test_paths_must_stay_inside_the_project(tmp_path: Path, replace: str, by: str, expected: str) -> None:
+    assert expected in _problems(tmp_path, VALID.replace(replace, by))
+
+
+def test_a_metrics_file_written_by_two_stages(tmp_path: Path) -> None:
+    text = VALID.replace("    outs: [data/]", "    outs: [data/]\n    metrics: [metrics.json]")
+    message = _problems(tmp_path, text)
+    assert "conveyor.yaml:13: stages.train.metrics: 'metrics.json' is also written by stage 'prepare'" in message
+
+
+def test_missing_test_deps_are_reported(tmp_path: Path) -> None:
+    text = VALID.replace("tests: pytest -q tests", "tests:\n  cmd: pytest -q tset\n  deps: [tset/]")
+    message = _problems(tmp_path, text)
+    assert "conveyor.yaml:15: tests.deps: 'tset/' does not exist" in message

@@ -138,3 +138,19 @@ model:""")
     assert statuses["left"] == statuses["right"] == "ran"
     assert (tmp_repo / "left.txt").read_text() == "together"
     assert (tmp_repo / "right.txt").read_text() == "together"
+
+
+def test_corrupt_cached_out_is_rebuilt_then_restorable(tmp_repo: Path) -> None:
+    _run(tmp_repo)
+    project = Project(tmp_repo)
+    store = ArtifactStore(project.cache_dir)
+    from conveyor.store import hash_path
+
+    victim = store.object_path(hash_path(tmp_repo / "model.txt"))
+    victim.chmod(0o644)
+    victim.write_text("bit rot")
+    (tmp_repo / "model.txt").unlink()
+    assert _run(tmp_repo) == {"prepare": "cached", "train": "ran"}  # the cache could not give it back
+    (tmp_repo / "model.txt").unlink()
+    assert _run(tmp_repo) == {"prepare": "cached", "train": "restored"}  # and now it can
+    assert (tmp_repo / "model.txt").read_text() == "12.0"

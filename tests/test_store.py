@@ -29,7 +29,7 @@ def test_file_round_trip(tmp_path: Path) -> None:
     source.write_text("hello")
     digest = store.put(source)
     assert digest == hash_path(source) and len(digest) == 64
-    assert store.has(digest)
+    assert store.object_path(digest).is_file()
     store.restore(digest, tmp_path / "copy.txt")
     assert (tmp_path / "copy.txt").read_text() == "hello"
 
@@ -68,6 +68,25 @@ def test_corrupt_object_is_never_restored(tmp_path: Path) -> None:
         store.restore(digest, dest)
     assert not dest.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_corrupt_object_is_dropped_and_repaired_by_the_next_write(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "cache")
+    source = tmp_path / "f.txt"
+    source.write_text("hello")
+    digest = store.put(source)
+    victim = store.object_path(digest)
+    victim.chmod(0o644)
+    victim.write_text("bit rot")
+    store.put(source)  # a write of the same content notices and replaces it
+    assert victim.read_text() == "hello"
+    victim.chmod(0o644)
+    victim.write_text("bit rot again")
+    with pytest.raises(IntegrityError):
+        store.restore(digest, tmp_path / "copy.txt")
+    assert not victim.exists()  # never served again
+    with pytest.raises(ObjectMissing):
+        store.restore(digest, tmp_path / "copy.txt")
 
 
 def test_missing_object(tmp_path: Path) -> None:

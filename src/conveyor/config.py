@@ -284,6 +284,8 @@ def load(root: Path, cache_dir: Path | None = None) -> Config:
         text = config_path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(str(config_path), [(None, "", "file not found; run `conveyor init`")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(defaults.CONFIG_FILE, [(None, "", f"is not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
     cache_file = cache_dir / "config.json" if cache_dir else None
     key = _cache_key(text)
     config = _read_cache(cache_file, key) if cache_file else None
@@ -301,6 +303,14 @@ def load(root: Path, cache_dir: Path | None = None) -> Config:
     if problems:
         raise ConfigError(defaults.CONFIG_FILE, problems)
     return config
+
+
+def locate(root: Path, loc: tuple[Any, ...]) -> int | None:
+    """The line of a key in the project's conveyor.yaml; for errors found after loading."""
+    try:
+        return parse((root / defaults.CONFIG_FILE).read_text(encoding="utf-8"))[1].line_of(loc)
+    except (OSError, UnicodeDecodeError, ConfigError):
+        return None
 
 
 def _norm(path: str) -> str:
@@ -328,22 +338,61 @@ def stage_dependencies(config: Config) -> dict[str, set[str]]:
     return graph
 
 
-def check_graph(config: Config, tracker: _LineTracker) -> list[tuple[int | None, str, str]]:
-    """Two stages writing one out, a stage reading its own out, and cycles."""
-    problems: list[tuple[int | None, str, str]] = []
-    seen: dict[str, tuple[str, int]] = {}
+def _path_problem(path: str, is_out: bool) -> str | None:
+    """Why a declared path may not be used, or None: every path stays inside the project."""
+    pure = Path(path)
+    if not path.strip() or pure.as_posix() in (".", ""):
+        return "must name a file or directory inside the project, not the project itself"
+    if pure.is_absolute():
+        return "must be relative to the project root, not absolute"
+    if ".." in pure.parts:
+        return "must stay inside the project ('..' is not allowed)"
+    first = pure.parts[0]
+    if first in (defaults.STATE_DIR, ".git"):
+        return f"must not be inside {first}/"
+    if is_out and _norm(path) in (defaults.CONFIG_FILE, defaults.PARAMS_FILE):
+        return "is an input of the line; a stage cannot write it"
+    return None
+
+
+def _declared_paths(config: Config) -> list[tuple[tuple[Any, ...], str, bool]]:
+    """(key path, path, is an out) for every path the config declares."""
+    found: list[tuple[tuple[Any, ...], str, bool]] = []
     for name, stage in config.stages.items():
-        for i, out in enumerate(stage.outs):
+        found += [(("stages", name, "deps", i), dep, False) for i, dep in enumerate(stage.deps)]
+        found += [(("stages", name, "outs", i), out, True) for i, out in enumerate(stage.outs)]
+        found += [(("stages", name, "metrics", i), m, True) for i, m in enumerate(stage.metrics)]
+    if config.tests is not None:
+        found += [(("tests", "deps", i), dep, False) for i, dep in enumerate(config.tests.deps)]
+    found.append((("model", "path"), config.model.path, False))
+    return found
+
+
+def check_graph(config: Config, tracker: _LineTracker) -> list[tuple[int | None, str, str]]:
+    """Paths outside the project, two stages writing one out, a stage reading its own out, cycles."""
+    problems: list[tuple[int | None, str, str]] = []
+    for loc, path, is_out in _declared_paths(config):
+        problem = _path_problem(path, is_out)
+        if problem:
+            key = ".".join(str(part) for part in loc if not isinstance(part, int))
+            problems.append((tracker.line_of(loc), key, f"'{path}' {problem}"))
+    if problems:
+        return problems
+    seen: dict[str, str] = {}
+    for name, stage in config.stages.items():
+        products = [("outs", i, out) for i, out in enumerate(stage.outs)]
+        products += [("metrics", i, m) for i, m in enumerate(stage.metrics) if m not in stage.outs]
+        for kind, i, out in products:
             key = _norm(out)
-            for other, (other_stage, _) in seen.items():
+            for other, other_stage in seen.items():
                 if other_stage != name and (_within(key, other) or _within(other, key)):
                     problems.append((
-                        tracker.line_of(("stages", name, "outs", i)),
-                        f"stages.{name}.outs",
+                        tracker.line_of(("stages", name, kind, i)),
+                        f"stages.{name}.{kind}",
                         f"'{out}' is also written by stage '{other_stage}'; "
                         "each path must have exactly one producing stage",
                     ))
-            seen[key] = (name, i)
+            seen[key] = name
         for i, dep in enumerate(stage.deps):
             if any(_within(_norm(dep), _norm(out)) for out in stage.all_outs):
                 problems.append((
@@ -391,7 +440,7 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def check_files(config: Config, tracker: _LineTracker, root: Path) -> list[tuple[int | None, str, str]]:
-    """Deps that exist neither on disk nor as another stage's out."""
+    """Deps (of stages and tests) that exist neither on disk nor as a stage's out."""
     problems: list[tuple[int | None, str, str]] = []
     outs = producers(config)
     for name, stage in config.stages.items():
@@ -403,6 +452,16 @@ def check_files(config: Config, tracker: _LineTracker, root: Path) -> list[tuple
                     tracker.line_of(("stages", name, "deps", i)),
                     f"stages.{name}.deps",
                     f"'{dep}' does not exist and no stage writes it; create it or fix the path",
+                ))
+    if config.tests is not None:
+        for i, dep in enumerate(config.tests.deps):
+            key = _norm(dep)
+            if not any(_within(key, out) for out in outs) and not (root / dep).exists():
+                problems.append((
+                    tracker.line_of(("tests", "deps", i)),
+                    "tests.deps",
+                    f"'{dep}' does not exist and no stage writes it; the tests would never re-run "
+                    "when it changes. Create it or fix the path",
                 ))
     model_path = _norm(config.model.path)
     if not any(_within(model_path, out) for out in outs):

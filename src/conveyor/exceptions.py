@@ -38,15 +38,6 @@ class NotAProjectError(ConveyorError):
         )
 
 
-class StageFailed(ConveyorError):
-    """A stage's command exited non-zero or did not produce its outs."""
-
-    def __init__(self, stage: str, reason: str) -> None:
-        self.stage = stage
-        self.reason = reason
-        super().__init__(f"stage '{stage}' failed: {reason}")
-
-
 class IntegrityError(ConveyorError):
     """Stored content does not match its digest."""
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from conveyor import defaults
-from conveyor.config import Config, StageConfig, stage_dependencies
-from conveyor.exceptions import ConfigError, ConveyorError, IntegrityError, ObjectMissing, StageFailed
+from conveyor.config import Config, StageConfig, locate, stage_dependencies
+from conveyor.exceptions import ConfigError, ConveyorError, IntegrityError, ObjectMissing
 from conveyor.store import ArtifactStore, atomic_write_text, hash_bytes, hash_path
 
 
@@ -55,6 +55,8 @@ def load_params(root: Path, cache_dir: Path | None = None) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(defaults.PARAMS_FILE, [(None, "", f"is not UTF-8 text ({exc.reason} at byte {exc.start})")]) from None
     key = hash_bytes(text.encode())
     cache_file = cache_dir / "params.json" if cache_dir else None
     if cache_file is not None:
@@ -81,17 +83,31 @@ def load_params(root: Path, cache_dir: Path | None = None) -> dict[str, Any]:
     return params
 
 
-def param_value(params: Mapping[str, Any], dotted: str, stage: str) -> Any:
-    """Look up `train.C` in nested params; a missing key names the stage that wants it."""
+def _lookup(params: Mapping[str, Any], dotted: str) -> tuple[bool, Any]:
     node: Any = params
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            raise ConfigError(
-                defaults.CONFIG_FILE,
-                [(None, f"stages.{stage}.params", f"'{dotted}' is not in {defaults.PARAMS_FILE}; add it or remove it from the stage")],
-            )
+            return False, None
         node = node[part]
-    return node
+    return True, node
+
+
+def stage_params(root: Path, config: Config, params: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each stage's declared params with their values; every missing key is reported with its line."""
+    values: dict[str, dict[str, Any]] = {}
+    problems: list[tuple[int | None, str, str]] = []
+    for name, stage in config.stages.items():
+        values[name] = {}
+        for i, key in enumerate(stage.params):
+            found, value = _lookup(params, key)
+            if found:
+                values[name][key] = value
+            else:
+                problems.append((locate(root, ("stages", name, "params", i)), f"stages.{name}.params",
+                                 f"'{key}' is not in {defaults.PARAMS_FILE}; add it there or remove it here"))
+    if problems:
+        raise ConfigError(defaults.CONFIG_FILE, problems)
+    return values
 
 
 def command_env(**extra: str) -> dict[str, str]:
@@ -162,7 +178,7 @@ class Pipeline:
         self.config = config
         self.store = store
         self.cache = cache
-        self.params = load_params(root, cache.root)
+        self.params = stage_params(root, config, load_params(root, cache.root))
 
     def order(self) -> list[str]:
         """Stages in an order that respects their deps (ties broken by name)."""
@@ -184,7 +200,7 @@ class Pipeline:
         """Run one stage, or restore it from cache; never raises for a failing command."""
         stage = self.config.stages[name]
         started = time.perf_counter()
-        params = {key: param_value(self.params, key, name) for key in stage.params}
+        params = self.params[name]
         deps = hash_deps(self.root, stage.deps)
         key = cache_key(stage, deps, params)
         result = StageResult(name=name, status="cached", key=key, deps=deps, params=params)
@@ -203,7 +219,9 @@ class Pipeline:
     def _execute(self, name: str, stage: StageConfig, result: StageResult, log_path: Path, started: float) -> StageResult:
         for out in stage.all_outs:  # a stage must write its outs afresh, not inherit stale ones
             path = self.root / out
-            if path.is_dir():
+            if os.path.normpath(out) in (".", "") or os.path.normpath(out).startswith("..") or os.path.isabs(out):
+                raise ConveyorError(f"stage '{name}': out '{out}' is not inside the project; refusing to delete it")
+            if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
@@ -262,10 +280,3 @@ class Pipeline:
                 results[name] = future.result()
                 notify(name, results[name])
         return [results[name] for name in self.order() if name in results]
-
-
-def require_success(results: list[StageResult]) -> None:
-    """Raise `StageFailed` for the first failed stage."""
-    for result in results:
-        if result.status == "failed":
-            raise StageFailed(result.name, result.error or "failed")

@@ -95,13 +95,24 @@ class ArtifactStore:
         hexdigest = digest.removesuffix(TREE_SUFFIX)
         return self.root / "objects" / hexdigest[:2] / hexdigest[2:]
 
-    def has(self, digest: str) -> bool:
-        return self.object_path(digest).is_file()
+    def _intact(self, digest: str) -> bool:
+        """True when the object exists and still hashes to its digest; a corrupt one is removed."""
+        path = self.object_path(digest)
+        if not path.is_file():
+            return False
+        if hash_file(path) == digest.removesuffix(TREE_SUFFIX):
+            return True
+        self.discard(digest)
+        return False
+
+    def discard(self, digest: str) -> None:
+        """Remove a (corrupt) object so that the next write of its content replaces it."""
+        self.object_path(digest).unlink(missing_ok=True)
 
     def _put_object(self, source: Path) -> str:
         digest = hash_file(source)
         dest = self.object_path(digest)
-        if not dest.exists():
+        if not self._intact(digest):
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
             os.close(fd)
@@ -124,9 +135,8 @@ class ArtifactStore:
         for entry in json.loads(manifest):
             self._put_object(path / entry["path"])
         digest = hash_bytes(manifest)
-        dest = self.object_path(digest)
-        if not dest.exists():
-            _atomic_write_bytes(dest, manifest)
+        if not self._intact(digest):
+            _atomic_write_bytes(self.object_path(digest), manifest)
         return digest + TREE_SUFFIX
 
     def read_bytes(self, digest: str) -> bytes:
@@ -138,6 +148,7 @@ class ArtifactStore:
             raise ObjectMissing(digest) from None
         actual = hash_bytes(data)
         if actual != digest.removesuffix(TREE_SUFFIX):
+            self.discard(digest)
             raise IntegrityError(f"object {digest}", digest, actual)
         return data
 
@@ -152,6 +163,7 @@ class ArtifactStore:
             shutil.copyfile(source, tmp)
             actual = hash_file(Path(tmp))
             if actual != digest:
+                self.discard(digest)  # never restored again; the next write of this content repairs it
                 raise IntegrityError(f"object {digest}", digest, actual)
             os.chmod(tmp, 0o755 if executable else 0o644)
             os.replace(tmp, dest)

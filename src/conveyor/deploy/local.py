@@ -42,13 +42,24 @@ STOP_TIMEOUT_S = 10.0
 """How long `stop` waits after SIGTERM before it sends SIGKILL."""
 
 
+ABORT_TIMEOUT_S = 2.0
+"""How long an interrupted or failed start waits after SIGTERM before it sends SIGKILL to its half-started server."""
+
+_STARTING, _READY = "starting", "ready"
+
+
 @dataclass(frozen=True)
 class Deployment:
-    """A model version live on the local server."""
+    """A model version live on the local server.
+
+    `digest` is the artifact the server holds in memory: a version number alone
+    does not name an artifact (a recreated registry numbers from 1 again).
+    """
 
     ref: str
     name: str
     version: int
+    digest: str
     url: str
     pid: int
     started_at: str

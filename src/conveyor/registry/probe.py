@@ -20,7 +20,7 @@ _TIMEOUT_S = 5.0
 """How long a lookup waits for a writer's lock before answering "not known"."""
 
 
-def _one(db_path: Path, sql: str, parameters: tuple[str, ...]) -> int | None:
+def _one(db_path: Path, sql: str, parameters: tuple[str | bool, ...]) -> int | None:
     if not db_path.is_file():
         return None
     uri = db_path.resolve().as_uri() + "?mode=ro"
@@ -32,12 +32,12 @@ def _one(db_path: Path, sql: str, parameters: tuple[str, ...]) -> int | None:
     return None if row is None else int(row[0])
 
 
-def registered_version(db_path: Path, name: str, digest: str) -> int | None:
-    """The version number under which `name` registered the artifact `digest`, if any."""
+def registered_version(db_path: Path, name: str, digest: str, dirty: bool = False) -> int | None:
+    """The version under which `name` registered the artifact `digest` from a clean (or dirty) tree."""
     return _one(
         db_path,
-        "SELECT version FROM model_versions WHERE name = ? AND digest = ?",
-        (name, digest),
+        "SELECT version FROM model_versions WHERE name = ? AND digest = ? AND dirty = ?",
+        (name, digest, dirty),
     )
 
 

@@ -55,8 +55,9 @@ model_versions = sa.Table(
     sa.Column("gates", sa.JSON, nullable=False),
     sa.Column("run_id", sa.String(128), nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("dirty", sa.Boolean, nullable=False, default=False),  # built from uncommitted changes
     sa.UniqueConstraint("name", "version", name="uq_model_versions_name_version"),
-    sa.UniqueConstraint("name", "digest", name="uq_model_versions_name_digest"),
+    sa.UniqueConstraint("name", "digest", "dirty", name="uq_model_versions_name_digest_dirty"),
     sa.CheckConstraint("version >= 1", name="ck_model_versions_version_positive"),
     sa.Index("ix_model_versions_name_created_at", "name", "created_at"),
     sa.Index("ix_model_versions_created_at", "created_at"),

@@ -77,7 +77,9 @@ def _create_engine(url: str) -> sa.Engine:
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(parsed, connect_args={"timeout": _BUSY_TIMEOUT_S})
+        # No pooled connections: a long-running server must see the file as it is
+        # now (replaced, restored from backup), and an SQLite connect costs microseconds.
+        engine = sa.create_engine(parsed, connect_args={"timeout": _BUSY_TIMEOUT_S}, poolclass=sa.pool.NullPool)
     except (ImportError, sa.exc.NoSuchModuleError) as exc:
         raise RegistryError(
             f"cannot use registry URL '{parsed.render_as_string(hide_password=True)}': {exc}; "
@@ -207,8 +209,9 @@ class Registry:
     def _latest(self, conn: sa.Connection, name: str) -> ModelVersion | None:
         return self._first(conn, model_versions.c.name == name)
 
-    def _by_digest(self, conn: sa.Connection, name: str, digest: str) -> ModelVersion | None:
-        return self._first(conn, model_versions.c.name == name, model_versions.c.digest == digest)
+    def _by_digest(self, conn: sa.Connection, name: str, digest: str, dirty: bool) -> ModelVersion | None:
+        return self._first(conn, model_versions.c.name == name, model_versions.c.digest == digest,
+                           model_versions.c.dirty == dirty)
 
     @staticmethod
     def _alias(conn: sa.Connection, name: str, alias: str) -> int | None:
@@ -274,10 +277,10 @@ class Registry:
                 raise ModelNotFound(ref, self._hint(conn, name))
             return found
 
-    def find_by_digest(self, name: str, digest: str) -> ModelVersion | None:
-        """The version of `name` whose artifact has `digest`, if one is registered."""
+    def find_by_digest(self, name: str, digest: str, *, dirty: bool = False) -> ModelVersion | None:
+        """The version of `name` whose artifact has `digest`, built from a clean (or dirty) tree."""
         with self._reading() as conn:
-            return self._by_digest(conn, name, digest)
+            return self._by_digest(conn, name, digest, dirty)
 
     def models(self) -> list[str]:
         """Names of all registered models, sorted."""
@@ -325,8 +328,11 @@ class Registry:
     ) -> tuple[ModelVersion, bool]:
         """Record a new version of `name`, numbered one past the newest.
 
-        Idempotent on (name, digest): registering an artifact again returns its
-        existing version and False; a new version returns True.
+        Idempotent on (name, digest, dirty): registering an artifact again returns
+        its existing version and False; a new version returns True. `dirty` is
+        `lineage["git"]["dirty"]`: the same artifact built from uncommitted changes
+        and later from a commit gets two versions, so the committed one carries
+        lineage that names the code that made it.
         """
         validate_name(name)
         if not digest:
@@ -344,12 +350,13 @@ class Registry:
                 "lineage": _json("lineage", dict(lineage)),
                 "gates": _json("gates", [dict(gate) for gate in gates]),
                 "run_id": run_id,
+                "dirty": bool(dict(lineage).get("git", {}).get("dirty", False)),
             }
         except RegistryError as exc:
             raise RegistryError(f"cannot register '{name}': {exc}") from None
 
         def write(conn: sa.Connection) -> tuple[ModelVersion, bool]:
-            existing = self._by_digest(conn, name, digest)
+            existing = self._by_digest(conn, name, digest, values["dirty"])
             if existing is not None:
                 return existing, False
             newest = conn.execute(
