@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import re
+import signal
 import socket
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,15 +82,93 @@ def proj(tmp_path: Path) -> Iterator[_Project]:
     built.registry.close()
 
 
-def _ensure(proj: _Project, port: int, ref: str = "iris@production") -> local.Deployment:
-    return local.ensure_serving(proj.project, ref, host="127.0.0.1", port=port, registry_url=proj.url, timeout_s=30)
+def _ensure(proj: _Project, port: int, ref: str = "iris@production", *, registry_url: str | None = None,
+            expected_digest: str | None = None) -> local.Deployment:
+    return local.ensure_serving(proj.project, ref, host="127.0.0.1", port=port, registry_url=registry_url or proj.url,
+                                expected_digest=expected_digest, timeout_s=30)
+
+
+def _serve_processes(root: Path) -> list[int]:
+    """Pids of the `conveyor serve` processes running in `root` (zombies excluded)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(entry / "cwd")
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if b"conveyor" in argv and b"serve" in argv and cwd == str(root) and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+SLOW_MODEL = '''
+import os
+import time
+
+
+class SlowToLoad:
+    """An estimator whose unpickling (in the server) sleeps CONVEYOR_TEST_LOAD_DELAY_S seconds."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def predict(self, X):
+        return self.inner.predict(X)
+
+    def __setstate__(self, state):
+        time.sleep(float(os.environ.get("CONVEYOR_TEST_LOAD_DELAY_S", "0")))
+        self.__dict__.update(state)
+'''
+
+START_IN_BACKGROUND = """
+import sys
+from pathlib import Path
+from conveyor.deploy import local
+from conveyor.project import Project
+local.ensure_serving(Project(Path(sys.argv[1])), "iris@production", host="127.0.0.1", port=int(sys.argv[2]),
+                     registry_url=sys.argv[3], timeout_s=120)
+"""
+
+
+def _start_slowly(proj: _Project, monkeypatch: pytest.MonkeyPatch, port: int) -> tuple[subprocess.Popen[str], int]:
+    """Publish a model that takes a minute to load, and start serving it from another process.
+
+    Returns that process, and the pid of the server it started, once the state
+    file records it as starting (the server's cwd, the project root, is on its
+    sys.path, so it imports the model's class from there).
+    """
+    (proj.project.root / "slowload.py").write_text(SLOW_MODEL)
+    monkeypatch.syspath_prepend(str(proj.project.root))
+    X, y = load_iris(return_X_y=True)
+    proj.publish(importlib.import_module("slowload").SlowToLoad(LogisticRegression(max_iter=1000).fit(X, y)))
+    runner = subprocess.Popen(
+        [sys.executable, "-c", START_IN_BACKGROUND, str(proj.project.root), str(port), proj.url],
+        env={**os.environ, "CONVEYOR_TEST_LOAD_DELAY_S": "60"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and runner.poll() is None:
+        try:
+            state = json.loads(proj.project.server_state_path.read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state.get("status") == "starting" and _serve_processes(proj.project.root) == [state["pid"]]:
+            return runner, int(state["pid"])
+        time.sleep(0.05)
+    runner.kill()
+    _, err = runner.communicate()
+    raise AssertionError(f"the server never started: {err}")
 
 
 def test_start_reload_stop(proj: _Project) -> None:
-    proj.publish()
+    published = proj.publish()
     port = _free_port()
-    first = _ensure(proj, port)
-    assert (first.name, first.version, first.ref) == ("iris", 1, "iris@production")
+    first = _ensure(proj, port, expected_digest=published.digest)
+    assert (first.name, first.version, first.ref, first.digest) == ("iris", 1, "iris@production", published.digest)
     assert first.url == f"http://127.0.0.1:{port}"
     reply = httpx.post(f"{first.url}/predict", json={"rows": [ROW]})
     assert reply.json()["predictions"] == [0] and reply.headers["x-model-version"] == "1"
@@ -93,13 +177,14 @@ def test_start_reload_stop(proj: _Project) -> None:
     assert stat.S_IMODE(state_path.stat().st_mode) == 0o600
     state = json.loads(state_path.read_text())
     assert state["pid"] == first.pid and len(state["token"]) > 30
+    assert (state["status"], state["digest"]) == ("ready", published.digest)
     cmdline = Path(f"/proc/{first.pid}/cmdline").read_bytes()
     assert state["token"].encode() not in cmdline
     assert local.current(proj.project) == first
 
-    proj.publish(C=0.05)
-    second = _ensure(proj, port)
-    assert (second.version, second.pid) == (2, first.pid)
+    newer = proj.publish(C=0.05)
+    second = _ensure(proj, port, expected_digest=newer.digest)
+    assert (second.version, second.pid, second.digest) == (2, first.pid, newer.digest)
     assert httpx.post(f"{first.url}/predict", json={"rows": [ROW]}).headers["x-model-version"] == "2"
     assert local.current(proj.project) == second
 
@@ -126,12 +211,70 @@ def test_another_ref_or_port_restarts_the_server(proj: _Project) -> None:
     assert pinned.version == 1 and pinned.pid != first.pid and pinned.ref == "iris@1"
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{first.url}/healthz")
+    # the same file under another URL: the server cannot know it is the same registry, so it is replaced
+    port = int(pinned.url.rpartition(":")[2])
+    moved = _ensure(proj, port, ref="iris@1", registry_url=f"sqlite:///{proj.project.state_dir}/./registry.db")
+    assert moved.version == 1 and moved.pid != pinned.pid
+
+
+def test_a_recreated_registry_is_told_apart_by_digest(proj: _Project) -> None:
+    old = proj.publish()
+    port = _free_port()
+    first = _ensure(proj, port, expected_digest=old.digest)
+
+    proj.registry.close()
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{proj.project.registry_path}{suffix}").unlink(missing_ok=True)
+    proj.registry = Registry(proj.url)
+    new = proj.publish(C=0.05)
+    assert new.version == 1 and new.digest != old.digest
+
+    live = local.current(proj.project)  # the same version number: only the digest says it is stale
+    assert live is not None and (live.version, live.digest) == (1, old.digest)
+    second = _ensure(proj, port, expected_digest=new.digest)
+    assert (second.version, second.digest, second.pid) == (1, new.digest, first.pid)
+    assert httpx.get(f"{first.url}/version").json()["digest"] == new.digest
+    assert local.current(proj.project) == second
+    assert json.loads(proj.project.server_state_path.read_text())["digest"] == new.digest
+
+    served_elsewhere = f"reloaded iris@production and serves iris@1 with digest {new.digest}, not the expected sha256:x"
+    with pytest.raises(ServingError, match=re.escape(served_elsewhere)):
+        _ensure(proj, port, expected_digest="sha256:x")
+    assert local.current(proj.project) == second  # still serving, still recorded
+
+
+def test_an_interrupted_start_leaves_no_server(proj: _Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = _free_port()
+    runner, server_pid = _start_slowly(proj, monkeypatch, port)
+    runner.send_signal(signal.SIGINT)
+    _, err = runner.communicate(timeout=30)
+    assert "KeyboardInterrupt" in err
+    assert _serve_processes(proj.project.root) == []
+    assert not proj.project.server_state_path.exists()
+    assert local.current(proj.project) is None
+
+    deployment = _ensure(proj, port)  # the port is free again; this process has no load delay
+    assert deployment.pid != server_pid and deployment.version == 1
+    assert httpx.post(f"{deployment.url}/predict", json={"rows": [ROW]}).json()["predictions"] == [0]
+
+
+def test_a_start_killed_midway_is_cleaned_up_by_the_next_run(proj: _Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = _free_port()
+    runner, orphan = _start_slowly(proj, monkeypatch, port)
+    runner.kill()  # no chance to clean up: the server it started is left loading
+    runner.communicate(timeout=30)
+    assert _serve_processes(proj.project.root) == [orphan]
+    assert local.current(proj.project) is None  # starting: nothing served yet, but still recorded
+    assert json.loads(proj.project.server_state_path.read_text())["pid"] == orphan
+
+    deployment = _ensure(proj, port)
+    assert deployment.pid != orphan and _serve_processes(proj.project.root) == [deployment.pid]
 
 
 def test_a_server_that_cannot_start_shows_its_log(proj: _Project) -> None:
     with pytest.raises(ServingError, match=r"(?s)exited with code 1 before it was ready.*no model version matches"):
         _ensure(proj, _free_port(), ref="iris@production")
-    assert local.current(proj.project) is None
+    assert local.current(proj.project) is None and not proj.project.server_state_path.exists()
 
 
 def test_a_port_taken_by_another_program_is_named(proj: _Project) -> None:
@@ -150,6 +293,11 @@ def test_stale_and_corrupt_state_files_are_dropped(proj: _Project) -> None:
     path.write_text(json.dumps({
         "pid": dead, "host": "127.0.0.1", "port": 1, "token": "t", "ref": "iris", "name": "iris",
         "version": 1, "started_at": "2024-01-01T00:00:00+00:00",
+    }))
+    assert local.current(proj.project) is None and not path.exists()
+    path.write_text(json.dumps({
+        "status": "starting", "pid": dead, "host": "127.0.0.1", "port": 1, "token": "t", "ref": "iris",
+        "registry": "x", "started_at": "2024-01-01T00:00:00+00:00",
     }))
     assert local.current(proj.project) is None and not path.exists()
     path.write_text("{not json")

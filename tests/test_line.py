@@ -194,31 +194,79 @@ def test_dirty_tree_is_refused_unless_allowed(iris: Path) -> None:
     assert steps["promote"] == "skipped"
 
 
-def test_kill_9_mid_stage_then_rerun_succeeds(iris: Path) -> None:
-    original = (iris / "src" / "train.py").read_text()
-    slow_down_training(iris, 60)
-    commit_all(iris, "slow training")
-    runner = subprocess.Popen([sys.executable, "-m", "conveyor", "run"], cwd=iris,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+def _start_run(root: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "conveyor", "run"], cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _wait_for_training(root: Path) -> None:
+    """Until train.py has saved the model and sleeps before writing its metrics."""
     deadline = time.time() + 60
-    while time.time() < deadline:
-        if list((iris / ".conveyor" / "runs").glob("*/stage-train.log")):
-            break
+    while not (root / "model" / "conveyor-model.json").exists():
+        if time.time() > deadline:
+            pytest.fail("training never reached its sleep")
         time.sleep(0.1)
-    else:
-        pytest.fail("training never started")
+
+
+def _sleep_after_saving(root: Path, seconds: int) -> str:
+    """Make train.py sleep between saving the model and writing metrics; return the original."""
+    train = root / "src" / "train.py"
+    original = train.read_text()
+    marker = "    conveyor.log_metrics("
+    assert marker in original
+    train.write_text(original.replace(marker, f"    __import__('time').sleep({seconds})\n" + marker, 1))
+    commit_all(root, "slow training")
+    return original
+
+
+def test_kill_9_mid_stage_then_rerun_succeeds(iris: Path) -> None:
+    original = _sleep_after_saving(iris, 60)
+    runner = _start_run(iris)
+    _wait_for_training(iris)
     os.killpg(runner.pid, signal.SIGKILL)  # conveyor and its stage, like a power cut
-    runner.wait()
+    runner.communicate()
 
     interrupted = json.loads(conveyor(iris, "runs", "show", "--json").stdout)
     assert interrupted["status"] == "interrupted"
-    leftovers = [p for p in (iris / ".conveyor").rglob(".tmp-*")]
-    assert leftovers == []
+    assert statuses(interrupted)["stage:train"] == "interrupted"
 
     (iris / "src" / "train.py").write_text(original)
     commit_all(iris, "fast training again")
     record = run_json(iris)
     assert record["status"] == "passed" and record["model"]["version"] == 1
+    assert statuses(record)["stage:train"] == "ran"  # the half-written model was never cached
+
+
+def test_ctrl_c_mid_stage_stops_cleanly(iris: Path) -> None:
+    original = _sleep_after_saving(iris, 60)
+    runner = _start_run(iris)
+    _wait_for_training(iris)
+    os.killpg(runner.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the whole group
+    _, stderr = runner.communicate(timeout=30)
+    assert runner.returncode == 130
+    assert b"Interrupted." in stderr and b"Traceback" not in stderr
+    record = json.loads(conveyor(iris, "runs", "show", "--json").stdout)
+    assert record["status"] == "interrupted"
+
+    (iris / "src" / "train.py").write_text(original)
+    commit_all(iris, "fast training again")
+    assert run_json(iris)["status"] == "passed"
+
+
+def test_an_orphaned_stage_keeps_the_lock(iris: Path) -> None:
+    original = _sleep_after_saving(iris, 60)
+    runner = _start_run(iris)
+    _wait_for_training(iris)
+    os.kill(runner.pid, signal.SIGKILL)  # only conveyor dies; its stage runs on
+    runner.communicate()
+    try:
+        blocked = conveyor(iris, "run", check=False)
+        assert blocked.returncode == 1 and "another conveyor run holds" in blocked.stderr
+    finally:
+        os.killpg(runner.pid, signal.SIGKILL)
+    (iris / "src" / "train.py").write_text(original)
+    commit_all(iris, "fast training again")
+    assert run_json(iris)["status"] == "passed"
 
 
 def test_second_run_at_once_fails_clearly(iris: Path) -> None:
@@ -236,6 +284,44 @@ def test_second_run_at_once_fails_clearly(iris: Path) -> None:
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+
+
+def test_a_dirty_model_is_registered_apart_and_its_commit_is_promoted(iris: Path) -> None:
+    run_json(iris)
+    set_param(iris, "C: 1.0", "C: 0.5")
+    dirty = run_json(iris, "--allow-dirty")
+    assert dirty["model"]["version"] == 2 and statuses(dirty)["promote"] == "skipped"
+    commit = commit_all(iris, "smaller C")
+    clean = run_json(iris)
+    assert clean["model"]["version"] == 3 and statuses(clean)["promote"] == "ran"
+    shown = json.loads(conveyor(iris, "models", "show", "iris@production", "--json").stdout)
+    assert shown["version"] == 3
+    assert shown["lineage"]["git"] == {"commit": commit, "branch": "main", "dirty": False}
+
+
+def test_reverting_the_code_brings_the_old_model_back(iris: Path) -> None:
+    run_json(iris)
+    set_param(iris, "C: 1.0", "C: 0.5")
+    commit_all(iris, "smaller C")
+    assert run_json(iris)["model"]["version"] == 2
+    git(iris, "revert", "--no-edit", "HEAD")
+    record = run_json(iris)
+    assert record["model"]["version"] == 1
+    assert statuses(record)["stage:train"] == "restored"
+    assert statuses(record)["promote"] == "ran"
+    assert predict(int(os.environ["CONVEYOR_PORT"]), [SETOSA]).headers["x-model-version"] == "1"
+
+
+def test_feature_branch_registers_but_does_not_promote(iris: Path) -> None:
+    run_json(iris)
+    git(iris, "checkout", "-q", "-b", "experiment")
+    set_param(iris, "C: 1.0", "C: 0.5")
+    commit_all(iris, "try a smaller C")
+    record = run_json(iris)
+    steps = statuses(record)
+    assert steps["register"] == "ran" and steps["promote"] == "skipped" and steps["deploy"] == "skipped"
+    shown = json.loads(conveyor(iris, "models", "show", "iris@production", "--json").stdout)
+    assert shown["version"] == 1
 
 
 def test_runs_list_and_show(iris: Path) -> None:

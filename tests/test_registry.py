@@ -344,3 +344,16 @@ def test_probe_does_not_import_sqlalchemy() -> None:
         "assert not any(m.split('.')[0] == 'sqlalchemy' for m in sys.modules), 'sqlalchemy imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_dirty_build_and_its_committed_twin_are_two_versions(registry: Registry, db_path: Path) -> None:
+    dirty, created = register(registry, "d" * 64, lineage={"git": {"commit": "abc", "dirty": True}})
+    assert created and dirty.version == 1
+    clean, created = register(registry, "d" * 64, lineage={"git": {"commit": "def", "dirty": False}})
+    assert created and clean.version == 2 and clean.lineage["git"]["commit"] == "def"
+    again, created = register(registry, "d" * 64, lineage={"git": {"commit": "def", "dirty": False}})
+    assert not created and again.version == 2
+    assert registry.find_by_digest("iris", "d" * 64) == clean
+    assert registry.find_by_digest("iris", "d" * 64, dirty=True) == dirty
+    assert probe.registered_version(db_path, "iris", "d" * 64) == 2
+    assert probe.registered_version(db_path, "iris", "d" * 64, dirty=True) == 1

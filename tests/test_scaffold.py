@@ -207,7 +207,8 @@ def test_guess_for_a_project_with_train_py_and_data(tmp_path: Path) -> None:
 
     result = init_project(root, None)
 
-    assert result.files == [Path("conveyor.yaml")]
+    assert result.files == [Path("conveyor.yaml"), Path(".gitignore")]
+    assert (root / ".gitignore").read_text().splitlines()[-3:] == ["/.conveyor/", "/model/", "/metrics.json"]
     assert result.commit is None
     assert result.notes
     loaded, _ = config.parse((root / "conveyor.yaml").read_text())
@@ -258,3 +259,17 @@ def test_guess_refuses_to_overwrite_conveyor_yaml(tmp_path: Path) -> None:
 def test_guess_needs_an_existing_directory(tmp_path: Path) -> None:
     with pytest.raises(ConveyorError, match="not a directory"):
         init_project(tmp_path / "missing", None)
+
+
+def test_guess_uses_the_checked_out_branch_and_keeps_the_gitignore(tmp_path: Path) -> None:
+    root = tmp_path / "legacy"
+    root.mkdir()
+    (root / "train.py").write_text("")
+    (root / ".gitignore").write_text("*.pyc\n/model/\n")
+    subprocess.run(["git", "init", "-q", "-b", "master"], cwd=root, check=True)
+
+    init_project(root, None)
+
+    loaded, _ = config.parse((root / "conveyor.yaml").read_text())
+    assert loaded.triggers.branch == "master"
+    assert (root / ".gitignore").read_text() == "*.pyc\n/model/\n# written by `conveyor init`\n/.conveyor/\n/metrics.json\n"

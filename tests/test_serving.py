@@ -229,12 +229,15 @@ def test_reload_needs_the_token(server: Any) -> None:
 
 
 def test_reload_swaps_to_the_new_version(server: Any, line: Line) -> None:
-    _, app, client = server
-    line.publish(C=0.05)
+    _, _, client = server
+    before = client.get("/version").json()["digest"]
+    newer = line.publish(C=0.05)
     reply = client.post("/-/reload", headers={"authorization": f"Bearer {TOKEN}"})
     assert reply.status_code == 200, reply.text
     assert reply.json()["changed"] is True
     assert (reply.json()["model"]["version"], reply.json()["previous"]["version"]) == (2, 1)
+    assert (reply.json()["model"]["digest"], reply.json()["previous"]["digest"]) == (newer.digest, before)
+    assert client.get("/version").json()["digest"] == newer.digest
     predicted = client.post("/predict", json={"rows": [ROW]})
     assert predicted.headers["x-model-version"] == "2"
     assert predicted.json()["model"]["version"] == 2

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conveyor.config import TestsConfig
+from conveyor.lock import held_fds
 from conveyor.pipeline import command_env
 from conveyor.store import atomic_write_text, hash_bytes, hash_path
 
@@ -47,9 +48,11 @@ def run_tests(tests: TestsConfig, *, root: Path, candidate_path: Path, candidate
     if not force and entry_path.is_file():
         try:
             entry = json.loads(entry_path.read_text(encoding="utf-8"))
-            return TestsResult(status="cached", key=key, passed=entry.get("passed"), failed=0,
-                               duration_s=time.perf_counter() - started)
-        except ValueError:
+            passed = entry["passed"]
+            if passed is None or isinstance(passed, int):
+                return TestsResult(status="cached", key=key, passed=passed, failed=0,
+                                   duration_s=time.perf_counter() - started)
+        except (OSError, ValueError, KeyError, TypeError):
             pass  # a corrupt entry is a miss
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="conveyor-tests-") as scratch:
@@ -60,7 +63,7 @@ def run_tests(tests: TestsConfig, *, root: Path, candidate_path: Path, candidate
             log.flush()
             # The command comes from the project's own conveyor.yaml, as a Makefile recipe does.
             process = subprocess.run(tests.cmd, shell=True, cwd=root, stdout=log, stderr=subprocess.STDOUT,
-                                     env=env, check=False)
+                                     env=env, check=False, pass_fds=held_fds())
         report: dict[str, object] = {}
         if report_path.is_file():
             try:

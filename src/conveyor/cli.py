@@ -188,7 +188,9 @@ class _StepPrinter:
 def _render_gates(step: Any) -> None:
     from rich.table import Table
 
-    table = Table(title="Gates", title_justify="left")
+    from rich import box
+
+    table = Table(title="Gates", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("gate", "actual", "required", "result", "detail"):
         table.add_column(column)
     for row in step.data.get("results", []):
@@ -242,7 +244,7 @@ def run(force: bool, jobs: int, allow_dirty: bool, wait_s: float, no_deploy: boo
     options = LineOptions(
         registry_url=os.environ.get("CONVEYOR_REGISTRY_URL") or None, force=force, jobs=jobs,
         allow_dirty=allow_dirty, wait_s=wait_s, deploy=not no_deploy,
-        port=port or _configured_port(project), trigger=os.environ.get("CONVEYOR_TRIGGER", "manual"),
+        port=port or _env_port(), trigger=os.environ.get("CONVEYOR_TRIGGER", "manual"),
     )
     started = time.perf_counter()
     if not as_json:
@@ -270,16 +272,17 @@ def run(force: bool, jobs: int, allow_dirty: bool, wait_s: float, no_deploy: boo
         sys.exit(1)
 
 
-def _configured_port(project: Project) -> int:
+def _env_port() -> int | None:
     env_port = os.environ.get("CONVEYOR_PORT")
-    if env_port:
-        try:
-            return int(env_port)
-        except ValueError:
-            raise ConveyorError(f"CONVEYOR_PORT must be a port number, not {env_port!r}") from None
-    from conveyor import config as config_module
-
-    return config_module.load(project.root, project.state_dir).deploy.port
+    if not env_port:
+        return None
+    try:
+        port = int(env_port)
+    except ValueError:
+        raise ConveyorError(f"CONVEYOR_PORT must be a port number, not {env_port!r}") from None
+    if not 1 <= port <= 65535:
+        raise ConveyorError(f"CONVEYOR_PORT must be between 1 and 65535, not {port}")
+    return port
 
 
 # -- runs ---------------------------------------------------------------------------------
@@ -317,16 +320,17 @@ def runs_list(limit: int, as_json: bool) -> None:
     if not records:
         console.print("No runs yet: `conveyor run` starts one.")
         return
-    table = Table()
-    for column in ("run", "commit", "branch", "trigger", "status", "model", "duration"):
-        table.add_column(column)
+    from rich import box
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("run", "commit", "trigger", "status", "model", "took"):
+        table.add_column(column, no_wrap=True)
     for r in records:
         model = f"{r.model['name']}@{r.model['version']}" if r.model else "-"
         took = f"{r.duration_s:.1f}s" if r.duration_s is not None else "-"
         mark, colour = _MARKS.get(r.status, ("?", "white"))
-        status = f"[{colour}]{mark}[/] {r.status}"
-        table.add_row(r.id, (r.commit or "-")[:10] + ("*" if r.dirty else ""), r.branch or "-", r.trigger,
-                      status, model, took)
+        commit = (r.commit or "-")[:8] + ("*" if r.dirty else "") + (f" {r.branch}" if r.branch else "")
+        table.add_row(r.id, escape(commit), r.trigger, f"[{colour}]{mark}[/] {r.status}", model, took)
     console.print(table)
 
 
@@ -407,7 +411,9 @@ def models_list(name: str | None, as_json: bool) -> None:
     if not rows:
         console.print("No models registered yet: `conveyor run` registers one when its gates pass.")
         return
-    table = Table()
+    from rich import box
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("model", "aliases", "metrics", "commit", "created"):
         table.add_column(column, no_wrap=column != "metrics")
     for mv, aliases in rows:

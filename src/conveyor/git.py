@@ -61,7 +61,10 @@ def state(root: Path, ignore: tuple[str, ...] = ()) -> GitState:
     branch: str | None = None
     dirty: list[str] = []
     records = iter(status.stdout.split("\0"))
-    prefixes = tuple(p.rstrip("/") + "/" for p in ignore)
+    # git reports paths from the repository's top; a project may live in a subdirectory of it.
+    top = "" if (root / ".git").exists() else _git(root, "rev-parse", "--show-prefix").stdout.strip()
+    ignore = tuple(top + p.rstrip("/") for p in ignore)
+    prefixes = tuple(p + "/" for p in ignore)
     for record in records:
         if record.startswith("# branch.oid "):
             commit = record.removeprefix("# branch.oid ")
@@ -71,7 +74,7 @@ def state(root: Path, ignore: tuple[str, ...] = ()) -> GitState:
         elif (path := _status_path(record)) is not None:
             if record.startswith("2 "):
                 next(records, None)  # a rename's record is followed by its source path
-            if not any(path == p.rstrip("/") or path.startswith(prefix) for p, prefix in zip(ignore, prefixes)):
+            if not any(path == p or path.startswith(prefix) for p, prefix in zip(ignore, prefixes)):
                 dirty.append(path)
     if commit is None or commit == "(initial)":
         raise ConveyorError("the repository has no commits yet; commit the project first")

@@ -38,14 +38,14 @@ class LineOptions:
     """How to run the line; resolved by the caller (flags > env > conveyor.yaml > defaults)."""
 
     registry_url: str | None = None  # None: conveyor.yaml's `registry`, else the project's SQLite file
+    host: str | None = None  # None: conveyor.yaml's deploy.host
+    port: int | None = None  # None: conveyor.yaml's deploy.port
     force: bool = False
     jobs: int = defaults.JOBS
     allow_dirty: bool = False
     wait_s: float = 0.0
     trigger: str = "manual"
     deploy: bool = True
-    host: str = defaults.HOST
-    port: int = defaults.PORT
 
 
 StepCallback = Callable[[Step], None]
@@ -184,9 +184,9 @@ class _Line:
         if db_path is not None:
             from conveyor.registry import probe
 
-            return (probe.registered_version(db_path, name, digest),
+            return (probe.registered_version(db_path, name, digest, dirty=self.git.dirty),
                     probe.alias_version(db_path, name, defaults.PRODUCTION_ALIAS))
-        found = self.registry.find_by_digest(name, digest)
+        found = self.registry.find_by_digest(name, digest, dirty=self.git.dirty)
         aliases = self.registry.aliases(name)
         return (found.version if found else None, aliases.get(defaults.PRODUCTION_ALIAS))
 
@@ -257,9 +257,10 @@ class _Line:
             self._finish(step, "skipped", "a model built from uncommitted changes is never promoted")
             return current
         history = self.registry.alias_history(name, defaults.PRODUCTION_ALIAS)
-        if any(move.to_version == version for move in history):
-            self._finish(step, "skipped", f"v{version} was production before and was moved away from; "
-                         f"promote it by hand if you want it back")
+        demoted = next((m for m in history if m.from_version == version and m.run_id is None), None)
+        if demoted is not None:  # a person took it out of production (a rollback): the line does not undo that
+            self._finish(step, "skipped", f"v{version} was taken out of production by {demoted.actor} "
+                         f"({demoted.reason}); the line does not promote it again")
             return current
         move = self.registry.set_alias(name, defaults.PRODUCTION_ALIAS, version, actor=git_module.user(self.project.root),
                                        reason=f"gates passed in run {self.run.id}", run_id=self.run.id)
@@ -267,25 +268,28 @@ class _Line:
         self._finish(step, "ran", f"production: {before} → v{version}")
         return version
 
-    def deploy(self, production: int | None) -> bool:
+    def deploy(self, production: int | None, digest: str | None) -> None:
+        """Make the local server serve production (`digest`), unless it already does."""
         if not self.options.deploy:
-            return True
-        if not self.on_release_branch or production is None:
-            self._skip_rest("nothing to serve from this branch" if production is None else
-                            f"only the release branch {self.config.triggers.branch} deploys", ("deploy", "deploy"))
-            return True
+            return
+        if not self.on_release_branch:
+            self._skip_rest(f"only the release branch {self.config.triggers.branch} deploys", ("deploy", "deploy"))
+            return
+        if production is None or digest is None:
+            self._skip_rest("no production version yet", ("deploy", "deploy"))
+            return
         from conveyor.deploy import local
 
         step = self._start("deploy", "deploy")
         ref = f"{self.config.model.name}@{defaults.PRODUCTION_ALIAS}"
         live = local.current(self.project)
-        if live is not None and live.name == self.config.model.name and live.version == production:
-            self._finish(step, "cached", f"v{production} is live at {live.url}", url=live.url)
-            return True
+        if live is not None and live.ref == ref and live.digest == digest:
+            self._finish(step, "cached", f"v{live.version} is live at {live.url}", url=live.url)
+            return
+        assert self.options.host is not None and self.options.port is not None, "run_line resolves them"
         deployment = local.ensure_serving(self.project, ref, host=self.options.host, port=self.options.port,
-                                          registry_url=self.registry_url)
+                                          registry_url=self.registry_url, expected_digest=digest)
         self._finish(step, "ran", f"v{deployment.version} is live at {deployment.url}", url=deployment.url)
-        return True
 
     # -- the whole line ----------------------------------------------------------------
     def execute(self) -> None:
@@ -304,14 +308,18 @@ class _Line:
             self.run.model = {"name": name, "version": registered, "digest": digest, "new": False}
             self._skip_rest(f"{name}@{registered} already passed its gates", ("gates", "gates"))
             self._skip_rest(f"already registered as {name}@{registered}", ("register", "register"))
-            self.deploy(production)
+            self.deploy(production, digest if production == registered else None)
             return
         if not self.gates(metrics):
             self._skip_rest("gates failed", ("register", "register"), ("promote", "promote"))
             return
         version = self.register(digest, metrics, results)
         production = self.promote(version.version)
-        self.deploy(production)
+        if production is None:
+            self.deploy(None, None)
+        else:
+            live = version if production == version.version else self.registry.get(version.name, production)
+            self.deploy(production, live.digest)
 
     def _later_steps(self) -> list[tuple[str, str]]:
         later = [("gates", "gates"), ("register", "register"), ("promote", "promote")]
@@ -324,17 +332,22 @@ def run_line(project: Project, options: LineOptions, on_step: StepCallback | Non
     Errors found before the run starts (bad config, dirty tree, lock held) are
     raised; failures of a step are recorded in the run and reflected in its status.
     """
-    config = config_module.load(project.root, project.state_dir)
-    products = tuple(out for stage in config.stages.values() for out in stage.all_outs)
-    git = git_module.state(project.root, ignore=(defaults.STATE_DIR, *products))
-    if git.dirty and not options.allow_dirty:
-        raise DirtyWorkingTree(git.dirty_paths)
-    if options.registry_url is None:
-        options = replace(options, registry_url=config.registry or project.default_registry_url)
-    runs = RunStore(project.runs_dir)
-    with project_lock(project.lock_path, holder=f"conveyor run on {git.commit[:10]}", wait_s=options.wait_s):
+    notify = on_step or (lambda _step: None)
+    with project_lock(project.lock_path, holder="conveyor run", wait_s=options.wait_s):
+        config = config_module.load(project.root, project.state_dir)
+        products = tuple(out for stage in config.stages.values() for out in stage.all_outs)
+        git = git_module.state(project.root, ignore=(defaults.STATE_DIR, *products))
+        if git.dirty and not options.allow_dirty:
+            raise DirtyWorkingTree(git.dirty_paths)
+        options = replace(
+            options,
+            registry_url=options.registry_url or config.registry or project.default_registry_url,
+            host=options.host or config.deploy.host,
+            port=options.port or config.deploy.port,
+        )
+        runs = RunStore(project.runs_dir)
         run = runs.create(commit=git.commit, branch=git.branch, dirty=git.dirty, trigger=options.trigger)
-        line = _Line(project, config, options, run, runs, git, on_step or (lambda _step: None))
+        line = _Line(project, config, options, run, runs, git, notify)
         try:
             line.execute()
             run.status = "failed" if run.error else "passed"
@@ -348,6 +361,9 @@ def run_line(project: Project, options: LineOptions, on_step: StepCallback | Non
             for step in run.steps:
                 if step.status == "running":
                     step.status = "failed" if run.status == "failed" else "interrupted"
+                    step.duration_s = time.time() - step.started_at
+                    step.summary = step.summary or (run.error or "")
+                    notify(step)
             runs.save(run)
             line.close()
     return run

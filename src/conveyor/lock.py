@@ -17,6 +17,17 @@ from pathlib import Path
 from conveyor.exceptions import LockBusy
 
 _POLL_S = 0.2
+_held: list[int] = []
+
+
+def held_fds() -> tuple[int, ...]:
+    """Descriptors of the locks this process holds, for commands it starts to inherit.
+
+    A stage command that inherits the lock keeps it held while it runs, so a
+    `kill -9` of `conveyor run` cannot let a new run start beside an orphaned
+    stage that is still writing its outs.
+    """
+    return tuple(_held)
 
 
 @contextmanager
@@ -37,9 +48,11 @@ def project_lock(path: Path, holder: str, wait_s: float = 0.0) -> Iterator[None]
                 time.sleep(_POLL_S)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{holder}, pid {os.getpid()}".encode(), 0)
+        _held.append(fd)
         try:
             yield
         finally:
+            _held.remove(fd)
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:

@@ -40,15 +40,20 @@ def read_metrics(path: Path) -> dict[str, float]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConveyorError(f"metrics file {path} was not written by its stage") from None
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+    except UnicodeDecodeError:
+        raise ConveyorError(f"metrics file {path} is not UTF-8 text") from None
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
 
+        try:
             data = yaml.safe_load(text)
-        else:
+        except yaml.YAMLError as exc:
+            raise ConveyorError(f"metrics file {path} is not valid YAML: {exc}") from None
+    else:
+        try:
             data = json.loads(text)
-    except ValueError as exc:
-        raise ConveyorError(f"metrics file {path} is not valid: {exc}") from None
+        except ValueError as exc:
+            raise ConveyorError(f"metrics file {path} is not valid JSON: {exc}") from None
     if not isinstance(data, Mapping):
         raise ConveyorError(f"metrics file {path} must hold a mapping of metric names to numbers")
     return _flatten(data)

@@ -26,6 +26,7 @@ from typing import Any
 from conveyor import defaults
 from conveyor.config import Config, StageConfig, locate, stage_dependencies
 from conveyor.exceptions import ConfigError, ConveyorError, IntegrityError, ObjectMissing
+from conveyor.lock import held_fds
 from conveyor.store import ArtifactStore, atomic_write_text, hash_bytes, hash_path
 
 
@@ -153,7 +154,7 @@ class StageCache:
         try:
             entry = json.loads((self.root / f"{key}.json").read_text(encoding="utf-8"))
             outs = entry["outs"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
             return None
         if not isinstance(outs, dict) or not all(isinstance(v, str) for v in outs.values()):
             return None
@@ -232,7 +233,7 @@ class Pipeline:
             log.flush()
             # The command comes from the project's own conveyor.yaml, as a Makefile recipe does.
             process = subprocess.run(stage.cmd, shell=True, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
-                                     env=env, check=False)
+                                     env=env, check=False, pass_fds=held_fds())
         result.exit_code = process.returncode
         result.status = "ran"
         if process.returncode != 0:

@@ -17,12 +17,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from conveyor.exceptions import RunNotFound
+from conveyor.exceptions import ConveyorError, RunNotFound
 from conveyor.store import atomic_write_text
 
 # Step statuses: ran, cached (nothing to do), restored (outs copied from cache),
-# failed, skipped (an earlier step failed), running.
-FINAL_RUN_STATUSES = ("passed", "failed", "interrupted")
+# passed (gates), failed, skipped, running, interrupted.
 
 
 @dataclass
@@ -65,8 +64,9 @@ class Run:
 
 
 def _new_id() -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{secrets.token_hex(2)}"
+    """A UTC timestamp to the millisecond (ids sort by time) and a random suffix."""
+    now = datetime.now(timezone.utc)
+    return f"{now:%Y%m%d-%H%M%S}{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
 
 
 def _alive(pid: int) -> bool:
@@ -107,11 +107,17 @@ class RunStore:
         path = self.run_dir(run_id) / "run.json"
         if "/" in run_id or not path.is_file():
             raise RunNotFound(run_id)
-        data = json.loads(path.read_text(encoding="utf-8"))
-        steps = [Step(**step) for step in data.pop("steps")]
-        run = Run(**data, steps=steps)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            steps = [Step(**step) for step in data.pop("steps")]
+            run = Run(**data, steps=steps)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ConveyorError(f"the record of run {run_id} ({path}) is unreadable: {exc}") from None
         if run.status == "running" and not _alive(run.pid):
-            run.status = "interrupted"
+            run.status = "interrupted"  # its process died without finishing the record
+            for step in run.steps:
+                if step.status == "running":
+                    step.status = "interrupted"
         return run
 
     def latest(self, run_id_prefix: str = "") -> Run:
@@ -134,8 +140,8 @@ class RunStore:
         for run_id in self.ids()[:limit]:
             try:
                 runs.append(self.load(run_id))
-            except (ValueError, TypeError, KeyError):
-                continue  # a record written by an incompatible version: skip, don't crash
+            except ConveyorError:
+                continue  # an unreadable record: `runs show` names it, the list goes on
         return runs
 
     def log_tail(self, run: Run, step: Step, lines: int) -> list[str]:

@@ -190,6 +190,7 @@ def _describe_existing(dest: Path) -> InitResult:
     parse(text, defaults.CONFIG_FILE)  # what we write must at least be a valid schema
     config_path.write_text(text, encoding="utf-8")
     result.files.append(Path(defaults.CONFIG_FILE))
+    _ignore_products(root, result)
     result.notes.append(
         f"check {defaults.CONFIG_FILE}: the stages, outs, metrics and gates are guesses; "
         "then commit it and run `conveyor run`"
@@ -285,7 +286,35 @@ def _guess_config(root: Path, notes: list[str]) -> str:
         "  target: local",
         f"  port: {defaults.PORT}",
         "",
+        "# Only commits on this branch are promoted to production and deployed.",
         "triggers:",
-        f"  branch: {defaults.BRANCH}",
+        f"  branch: {_flow(_current_branch(root) or defaults.BRANCH)}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _current_branch(root: Path) -> str | None:
+    """The checked-out branch, so the guessed release branch is the one in use."""
+    try:
+        found = subprocess.run(["git", "symbolic-ref", "--short", "-q", "HEAD"], cwd=root,
+                               capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        return None
+    return found.stdout.strip() or None
+
+
+_IGNORED = (f"/{defaults.STATE_DIR}/", "/model/", "/metrics.json")
+"""What the guessed config produces: the line's state and the train stage's outs."""
+
+
+def _ignore_products(root: Path, result: InitResult) -> None:
+    """Add the line's state and products to .gitignore, so they are never committed
+    (`.conveyor/server.json` holds the server's management token)."""
+    path = root / ".gitignore"
+    existing = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    missing = [entry for entry in _IGNORED if entry not in existing and entry.strip("/") not in existing]
+    if not missing:
+        return
+    text = "\n".join([*existing, "# written by `conveyor init`", *missing]) + "\n"
+    path.write_text(text.lstrip("\n"), encoding="utf-8")
+    result.files.append(Path(".gitignore"))

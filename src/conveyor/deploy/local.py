@@ -4,13 +4,18 @@
 started is told to reload (it swaps versions without dropping a request);
 otherwise a new one is started, detached, and waited on until /readyz answers.
 What is running is recorded in `.conveyor/server.json` (mode 0600: it holds
-the management token). Only the standard library is used here, so that
+the management token) from the moment it is started, as "starting" and then
+"ready" with the digest it serves: a start that fails or is interrupted stops
+its server and removes the record, and a record left by a killed run is
+cleaned up by the next one. Only the standard library is used here, so that
 `conveyor run` stays fast.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import http.client
 import json
 import os
@@ -111,18 +116,32 @@ def _is_our_server(pid: int) -> bool:
     return b"conveyor" in b" ".join(argv) and b"serve" in argv
 
 
+_FIELDS = (("pid", int), ("port", int), ("host", str), ("token", str), ("ref", str), ("started_at", str),
+           ("registry", str))
+_SERVED_FIELDS = (("name", str), ("version", int), ("digest", str))
+
+
+def _valid_state(raw: object) -> dict[str, Any] | None:
+    if not isinstance(raw, dict):
+        return None
+    # Records written before these fields existed: a ready server whose digest /version will tell.
+    state = {"status": _READY, "digest": "", "registry": "", **raw}
+    fields = _FIELDS + (_SERVED_FIELDS if state["status"] == _READY else ())
+    if state["status"] not in (_STARTING, _READY) or not all(isinstance(state.get(k), kind) for k, kind in fields):
+        return None
+    return state
+
+
 def _read_state(project: Project) -> dict[str, Any] | None:
     try:
-        state = json.loads(project.server_state_path.read_text(encoding="utf-8"))
+        raw = json.loads(project.server_state_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except ValueError:
-        state = None
-    fields = (("pid", int), ("port", int), ("version", int), ("host", str), ("token", str), ("ref", str),
-              ("name", str), ("started_at", str))
-    if not isinstance(state, dict) or not all(isinstance(state.get(k), kind) for k, kind in fields):
+        raw = None
+    state = _valid_state(raw)
+    if state is None:
         project.server_state_path.unlink(missing_ok=True)  # a corrupt record is no record
-        return None
     return state
 
 
@@ -131,15 +150,27 @@ def _write_state(project: Project, state: dict[str, Any]) -> None:
     os.chmod(project.server_state_path, 0o600)
 
 
+def _served(model: object) -> dict[str, Any] | None:
+    """name, version and digest from a model description (/version, /readyz, reload), or None if malformed."""
+    if not isinstance(model, dict) or not all(isinstance(model.get(k), kind) for k, kind in _SERVED_FIELDS):
+        return None
+    return {k: model[k] for k, _ in _SERVED_FIELDS}
+
+
+def _fingerprint(registry_url: str) -> str:
+    """Which registry a server reads, without writing its URL (it may hold a password) to disk."""
+    return hashlib.sha256(registry_url.encode()).hexdigest()[:16]
+
+
 def _deployment(state: dict[str, Any]) -> Deployment:
     return Deployment(
-        ref=state["ref"], name=state["name"], version=int(state["version"]),
+        ref=state["ref"], name=state["name"], version=int(state["version"]), digest=state["digest"],
         url=url_for(state["host"], int(state["port"])), pid=int(state["pid"]), started_at=state["started_at"],
     )
 
 
 def _live_state(project: Project) -> dict[str, Any] | None:
-    """The recorded server if its process still runs; a stale record is removed."""
+    """The recorded server (ready or starting) if its process still runs; a stale record is removed."""
     state = _read_state(project)
     if state is None:
         return None
@@ -150,18 +181,20 @@ def _live_state(project: Project) -> dict[str, Any] | None:
 
 
 def current(project: Project) -> Deployment | None:
-    """What the local server of `project` serves now, or None if none runs."""
+    """What the local server of `project` serves now, or None if none runs (or it is still starting)."""
     state = _live_state(project)
     if state is None:
         return None
     try:
         status, body = _request(state["host"], state["port"], "GET", "/version", timeout=1.0)
     except _Unreachable:
-        return _deployment(state)
-    if status == 200 and body.get("version") != state["version"]:  # reloaded by someone else
-        state = {**state, "name": body["name"], "version": body["version"]}
+        status, body = 0, {}
+    served = _served(body) if status == 200 else None
+    if served is not None and (state["status"] != _READY or any(state.get(k) != v for k, v in served.items())):
+        # reloaded by someone else, or ready although the run that started it did not see it
+        state = {**state, **served, "status": _READY}
         _write_state(project, state)
-    return _deployment(state)
+    return _deployment(state) if state["status"] == _READY else None
 
 
 def _wait_gone(pid: int, timeout_s: float) -> bool:
@@ -184,13 +217,16 @@ def _terminate(pid: int, timeout_s: float) -> None:
 
 
 def stop(project: Project, *, timeout_s: float = STOP_TIMEOUT_S) -> Deployment | None:
-    """Stop the local server (SIGTERM, then SIGKILL after `timeout_s`); return what it served."""
+    """Stop the local server (SIGTERM, then SIGKILL after `timeout_s`); return what it served.
+
+    A server that was still starting is stopped too, and None returned: it served nothing.
+    """
     state = _live_state(project)
     if state is None:
         return None
     _terminate(state["pid"], timeout_s)
     project.server_state_path.unlink(missing_ok=True)
-    return _deployment(state)
+    return _deployment(state) if state["status"] == _READY else None
 
 
 def _log_tail(path: Path, offset: int) -> str:
@@ -223,20 +259,9 @@ def _check_port_free(host: str, port: int) -> None:
             raise ServingError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
 
 
-def _start(project: Project, ref: str, host: str, port: int, registry_url: str, timeout_s: float) -> Deployment:
-    _check_port_free(host, port)
-    token = secrets.token_urlsafe(32)
-    project.state_dir.mkdir(parents=True, exist_ok=True)
-    log_path = project.server_log_path
-    with open(log_path, "ab") as log:
-        offset = log.tell()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "conveyor", "serve", ref, "--host", host, "--port", str(port)],
-            cwd=project.root, env={**os.environ, TOKEN_ENV: token, REGISTRY_ENV: registry_url},
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    # Reap the child whenever it exits, for as long as this process lives; it outlives us otherwise.
-    threading.Thread(target=process.wait, name=f"conveyor-server-{process.pid}", daemon=True).start()
+def _wait_ready(process: subprocess.Popen[bytes], ref: str, host: str, port: int, log_path: Path, offset: int,
+                timeout_s: float) -> dict[str, Any]:
+    """What the new server serves once /readyz answers; `ServingError` if it exits or times out first."""
     deadline = time.monotonic() + timeout_s
     while True:
         code = process.poll()
@@ -249,22 +274,92 @@ def _start(project: Project, ref: str, host: str, port: int, registry_url: str, 
             status, body = _request(host, port, "GET", "/readyz", timeout=1.0)
         except _Unreachable:
             status, body = 0, {}
-        if status == 200 and isinstance(body.get("model"), dict):
-            break
+        served = _served(body.get("model")) if status == 200 else None
+        if served is not None:
+            return served
         if time.monotonic() > deadline:
-            _terminate(process.pid, STOP_TIMEOUT_S)
             raise ServingError(
                 f"the model server for {ref} was not ready after {timeout_s:.0f}s and was stopped; "
                 f"the end of {log_path}:\n{_log_tail(log_path, offset)}"
             )
         time.sleep(0.05)
-    state = {
-        "pid": process.pid, "host": host, "port": port, "token": token, "ref": ref,
-        "name": body["model"]["name"], "version": body["model"]["version"],
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    _write_state(project, state)
+
+
+def _abandon(project: Project, process: subprocess.Popen[bytes]) -> None:
+    """Stop a server that never became ready, and forget it: nothing may outlive a failed or interrupted start."""
+    process.terminate()
+    try:
+        process.wait(ABORT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(ABORT_TIMEOUT_S)
+    state = _read_state(project)
+    if state is not None and state["pid"] == process.pid:
+        project.server_state_path.unlink(missing_ok=True)
+
+
+def _start(project: Project, ref: str, host: str, port: int, registry_url: str, timeout_s: float) -> Deployment:
+    _check_port_free(host, port)
+    token = secrets.token_urlsafe(32)
+    project.state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = project.server_log_path
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        with open(log_path, "ab") as log:
+            offset = log.tell()
+            process = subprocess.Popen(
+                [sys.executable, "-m", "conveyor", "serve", ref, "--host", host, "--port", str(port)],
+                cwd=project.root, env={**os.environ, TOKEN_ENV: token, REGISTRY_ENV: registry_url},
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        # Reap the child whenever it exits, for as long as this process lives; it outlives us otherwise.
+        threading.Thread(target=process.wait, name=f"conveyor-server-{process.pid}", daemon=True).start()
+        # Recorded before it is ready, so that a run killed meanwhile leaves a record the next run cleans up.
+        state: dict[str, Any] = {
+            "status": _STARTING, "pid": process.pid, "host": host, "port": port, "token": token, "ref": ref,
+            "registry": _fingerprint(registry_url),
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        _write_state(project, state)
+        state = {**state, **_wait_ready(process, ref, host, port, log_path, offset, timeout_s), "status": _READY}
+        _write_state(project, state)
+    except BaseException:  # KeyboardInterrupt included: a half-started server would hold the port, untracked
+        if process is not None:
+            _abandon(project, process)
+        raise
     return _deployment(state)
+
+
+def _reload(project: Project, state: dict[str, Any], timeout_s: float) -> Deployment | None:
+    """Tell the running server to resolve its ref again; None if it cannot be told (restart it instead)."""
+    host, port = state["host"], int(state["port"])
+    try:
+        status, body = _request(host, port, "POST", "/-/reload", token=state["token"], timeout=timeout_s)
+    except _Unreachable:
+        status, body = 0, {}
+    served = _served(body.get("model")) if status == 200 else None
+    if served is not None:
+        state = {**state, **served}
+        _write_state(project, state)
+        return _deployment(state)
+    if status not in (0, 200, 401, 403):  # it answered, and refused the new version
+        raise ServingError(
+            f"the local server at {url_for(host, port)} (pid {state['pid']}) could not switch "
+            f"to {state['ref']}: {body.get('error', status)}"
+        )
+    return None
+
+
+def _check_digest(deployment: Deployment, expected: str | None, how: str) -> Deployment:
+    if expected is not None and deployment.digest != expected:
+        raise ServingError(
+            f"the local server at {deployment.url} (pid {deployment.pid}) {how} {deployment.ref} and serves "
+            f"{deployment.name}@{deployment.version} with digest {deployment.digest}, not the expected "
+            f"{expected}: the registry it reads resolves {deployment.ref} to another artifact; check that "
+            "nothing moved the alias meanwhile, then run again (or `conveyor deployments stop` first)"
+        )
+    return deployment
 
 
 def ensure_serving(
@@ -274,30 +369,25 @@ def ensure_serving(
     host: str,
     port: int,
     registry_url: str,
+    expected_digest: str | None = None,
     timeout_s: float = defaults.SERVER_START_TIMEOUT_S,
 ) -> Deployment:
     """Make the local server serve what `ref` points to now; return what it serves.
 
-    A running server of this project that follows `ref` on `host`:`port` is
-    told to reload; if the new version cannot load, it keeps the old one and
-    this raises `ServingError` with the reason. Otherwise (none running, or it
-    follows another ref or port) a new server is started in its place.
+    A running server of this project that follows `ref` on `host`:`port` from
+    the same registry is told to reload; if the new version cannot load, it
+    keeps the old one and this raises `ServingError` with the reason.
+    Otherwise (none running, or it follows another ref, port or registry) a new
+    server is started in its place; if that is interrupted or fails, the new
+    server is stopped. With `expected_digest`, a server that ends up serving
+    another artifact is a `ServingError` too (it keeps serving it).
     """
     state = _live_state(project)
     if state is not None:
-        if (state["ref"], state["host"], int(state["port"])) == (ref, host, port):
-            try:
-                status, body = _request(host, port, "POST", "/-/reload", token=state["token"], timeout=timeout_s)
-            except _Unreachable:
-                status, body = 0, {}
-            if status == 200:
-                state = {**state, "name": body["model"]["name"], "version": body["model"]["version"]}
-                _write_state(project, state)
-                return _deployment(state)
-            if status not in (0, 401, 403):  # it answered, and refused the new version
-                raise ServingError(
-                    f"the local server at {url_for(host, port)} (pid {state['pid']}) could not switch "
-                    f"to {ref}: {body.get('error', status)}"
-                )
+        follows = (state["ref"], state["host"], int(state["port"]), state["registry"])
+        if state["status"] == _READY and follows == (ref, host, port, _fingerprint(registry_url)):
+            reloaded = _reload(project, state, timeout_s)
+            if reloaded is not None:
+                return _check_digest(reloaded, expected_digest, "reloaded")
         stop(project)
-    return _start(project, ref, host, port, registry_url, timeout_s)
+    return _check_digest(_start(project, ref, host, port, registry_url, timeout_s), expected_digest, "started")
