@@ -17,7 +17,7 @@ demo: $(STAMP)  ## Scaffold the iris example, run the whole line, query the live
 
 test: $(STAMP)  ## Type-check the package, then run the test suite (integration tests included).
 	$(BIN)/python -m mypy src/conveyor
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 lint: $(STAMP)  ## Type-check the package (strict).
 	$(BIN)/python -m mypy src/conveyor
