@@ -195,7 +195,7 @@ def _render_gates(step: Any) -> None:
         table.add_column(column)
     for row in step.data.get("results", []):
         actual = row.get("actual")
-        table.add_row(escape(str(row["gate"])), "-" if actual is None else f"{actual:.4g}",
+        table.add_row(escape(str(row["gate"])), "-" if actual is None else f"{actual:.6g}",
                       escape(str(row["required"])),
                       "[green]pass[/]" if row["passed"] else "[red]FAIL[/]", escape(str(row.get("detail", ""))))
     console.print(table)

@@ -40,7 +40,7 @@ class GateResult:
 
 
 def _fmt(value: float) -> str:
-    return f"{value:.10g}"
+    return f"{value:.6g}"
 
 
 def _slack(bound: float) -> float:
