@@ -211,3 +211,82 @@ def test_missing_test_deps_are_reported(tmp_path: Path) -> None:
     text = VALID.replace("tests: pytest -q tests", "tests:\n  cmd: pytest -q tset\n  deps: [tset/]")
     message = _problems(tmp_path, text)
     assert "conveyor.yaml:15: tests.deps: 'tset/' does not exist" in message
+
+
+GATE_FORMS = VALID + """\
+  - metric: loss
+    no_worse_than: production
+    tolerance_pct: 5
+    direction: lower
+  - metric: accuracy
+    slices: true
+    min: 0.8
+    no_worse_than: production
+  - max_latency_ms: 50
+  - max_latency_ms: 80
+    max_size_mb: 10
+"""
+
+
+def test_every_gate_form_loads_and_survives_the_cache(tmp_path: Path) -> None:
+    root = _project(tmp_path, GATE_FORMS)
+    state = root / ".conveyor"
+    state.mkdir()
+    gates = config.load(root, state).gates
+    assert [(g.metric, g.tolerance_pct, g.direction, g.slices, g.max_latency_ms, g.max_size_mb) for g in gates] == [
+        ("accuracy", None, "higher", False, None, None),
+        ("accuracy", None, "higher", False, None, None),
+        ("loss", 5.0, "lower", False, None, None),
+        ("accuracy", None, "higher", True, None, None),
+        (None, None, "higher", False, 50.0, None),
+        (None, None, "higher", False, 80.0, 10.0),
+    ]
+    assert config.load(root, state).gates == gates  # rebuilt from .conveyor/config.json
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "expected"),
+    [
+        ("    tolerance: 0.01", "    tolerance: 0.01\n    higher_is_better: false",
+         "conveyor.yaml:23: gates.1.higher_is_better: was replaced by `direction: higher` or `direction: lower`"),
+        ("    tolerance: 0.01", "    tolerance: 0.01\n    tolerance_pct: 1",
+         "conveyor.yaml:23: gates.1.tolerance_pct: give either tolerance (in the metric's units) or tolerance_pct"),
+        ("    tolerance: 0.01", "    tolerance: 0\n    tolerance_pct: 1",
+         "conveyor.yaml:23: gates.1.tolerance_pct: give either tolerance"),
+        ("    tolerance: 0.01", "    tolerance_pct: -1",
+         "conveyor.yaml:22: gates.1.tolerance_pct: must be 0 or more, not -1.0"),
+        ("    min: 0.9", "    min: 0.9\n    tolerance_pct: 2",
+         "conveyor.yaml:20: gates.0.tolerance_pct: only applies to no_worse_than"),
+        ("    min: 0.9", "    min: 0.9\n    tolerance: 0.1",
+         "conveyor.yaml:20: gates.0.tolerance: only applies to no_worse_than"),
+        ("    min: 0.9", "    min: 0.9\n    max: 0.5", "conveyor.yaml:20: gates.0.max: 0.5 is less than min 0.9"),
+        ("    min: 0.9", "    min: .nan", "conveyor.yaml:19: gates.0.min: must be a finite number, not nan"),
+        ("    tolerance: 0.01", "    tolerance: 0.01\n    direction: up",
+         "conveyor.yaml:23: gates.1.direction: Input should be 'higher' or 'lower'"),
+        ("    min: 0.9", "    min: 0.9\n    slices: maybe", "conveyor.yaml:20: gates.0.slices:"),
+    ],
+)
+def test_gate_key_errors_point_at_the_key(tmp_path: Path, replace: str, by: str, expected: str) -> None:
+    assert expected in _problems(tmp_path, VALID.replace(replace, by))
+
+
+@pytest.mark.parametrize(
+    ("gate", "expected"),
+    [
+        ("  - metric: latency\n    max_latency_ms: 50\n",
+         "conveyor.yaml:23: gates.2.metric: max_latency_ms is measured on the model, not read from metrics"),
+        ("  - max_latency_ms: 0\n", "conveyor.yaml:23: gates.2.max_latency_ms: must be more than 0, not 0.0"),
+        ("  - max_size_mb: -1\n", "conveyor.yaml:23: gates.2.max_size_mb: must be more than 0, not -1.0"),
+        ("  - max_size_mb: 10\n    slices: true\n",
+         "conveyor.yaml:24: gates.2.slices: applies to a metric, not to max_size_mb; put it in a gate with a metric"),
+        ("  - max_latency_ms: 50\n    no_worse_than: production\n",
+         "conveyor.yaml:24: gates.2.no_worse_than: applies to a metric, not to max_latency_ms"),
+        ("  - max_latency_ms: 50\n    direction: lower\n", "conveyor.yaml:24: gates.2.direction: applies to a metric"),
+        ("  - min: 0.9\n",
+         "conveyor.yaml:23: gates.2.metric: required key is missing (or use max_latency_ms or max_size_mb, which need no metric)"),
+        ("  - slices: true\n    metric: accuracy\n",
+         "conveyor.yaml:23: gates.2: a gate needs at least one of min, max or no_worse_than"),
+    ],
+)
+def test_gate_combinations_are_checked(tmp_path: Path, gate: str, expected: str) -> None:
+    assert expected in _problems(tmp_path, VALID + gate)

@@ -40,8 +40,13 @@ def _key(tests: TestsConfig, root: Path, candidate_digest: str) -> str:
 
 
 def run_tests(tests: TestsConfig, *, root: Path, candidate_path: Path, candidate_digest: str,
-              cache_dir: Path, log_path: Path, force: bool = False) -> TestsResult:
-    """Run the test command unless a passing result for the same key is cached."""
+              cache_dir: Path, log_path: Path, registry_url: str, force: bool = False) -> TestsResult:
+    """Run the test command unless a passing result for the same key is cached.
+
+    The key leaves out the production version the `production_model` fixture
+    compares with: a candidate already tested is already registered, and the line
+    will not promote it again, so re-testing it when production moves decides nothing.
+    """
     started = time.perf_counter()
     key = _key(tests, root, candidate_digest)
     entry_path = cache_dir / f"tests-{key}.json"
@@ -57,7 +62,8 @@ def run_tests(tests: TestsConfig, *, root: Path, candidate_path: Path, candidate
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="conveyor-tests-") as scratch:
         report_path = Path(scratch) / "report.json"
-        env = command_env(CONVEYOR_CANDIDATE_PATH=str(candidate_path), CONVEYOR_TEST_REPORT=str(report_path))
+        env = command_env(CONVEYOR_CANDIDATE_PATH=str(candidate_path), CONVEYOR_TEST_REPORT=str(report_path),
+                          CONVEYOR_REGISTRY_URL=registry_url)
         with open(log_path, "wb") as log:
             log.write(f"$ {tests.cmd}\n".encode())
             log.flush()

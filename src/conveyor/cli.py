@@ -185,7 +185,7 @@ class _StepPrinter:
             self._update()
 
 
-def _render_gates(step: Any) -> None:
+def _render_gates(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     from rich import box
@@ -193,7 +193,7 @@ def _render_gates(step: Any) -> None:
     table = Table(title="Gates", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("gate", "actual", "required", "result", "detail"):
         table.add_column(column)
-    for row in step.data.get("results", []):
+    for row in rows:
         actual = row.get("actual")
         table.add_row(escape(str(row["gate"])), "-" if actual is None else f"{actual:.6g}",
                       escape(str(row["required"])),
@@ -244,7 +244,7 @@ def run(force: bool, jobs: int, allow_dirty: bool, wait_s: float, no_deploy: boo
     options = LineOptions(
         registry_url=os.environ.get("CONVEYOR_REGISTRY_URL") or None, force=force, jobs=jobs,
         allow_dirty=allow_dirty, wait_s=wait_s, deploy=not no_deploy,
-        port=port or _env_port(), trigger=os.environ.get("CONVEYOR_TRIGGER", "manual"),
+        port=port or _env_port(), trigger=os.environ.get("CONVEYOR_TRIGGER", "manual"), actor=_actor_from_env(),
     )
     started = time.perf_counter()
     if not as_json:
@@ -259,7 +259,7 @@ def run(force: bool, jobs: int, allow_dirty: bool, wait_s: float, no_deploy: boo
     else:
         gates = result.step("gates")
         if gates is not None and gates.status == "failed":
-            _render_gates(gates)
+            _render_gates(gates.data.get("results", []))
         _render_failure_log(project, result)
         took = time.perf_counter() - started
         if result.status == "passed":
@@ -359,7 +359,7 @@ def runs_show(run_id: str, as_json: bool) -> None:
         click.echo(_step_line(step))
     gates = record.step("gates")
     if gates is not None and gates.data.get("results"):
-        _render_gates(gates)
+        _render_gates(gates.data.get("results", []))
     _render_failure_log(project, record)
     if record.error:
         console.print(f"[red]{escape(record.error)}[/]")
@@ -471,6 +471,266 @@ def models_show(ref: str, as_json: bool) -> None:
     for gate in mv.gates:
         mark = "[green]pass[/]" if gate.get("passed") else "[red]FAIL[/]"
         console.print(f"  gate      {mark} {escape(str(gate.get('gate')))}")
+
+
+def _actor_from_env() -> str | None:
+    """Who is acting, as CI engines and users name themselves in the environment."""
+    for variable, prefix in (("CONVEYOR_ACTOR", ""), ("GITHUB_ACTOR", "github:"), ("GITLAB_USER_LOGIN", "gitlab:"),
+                             ("BUILD_USER_ID", "jenkins:")):
+        value = os.environ.get(variable)
+        if value:
+            return prefix + value
+    return None
+
+
+def _actor(project: Project) -> str:
+    from conveyor.git import user
+
+    return _actor_from_env() or user(project.root)
+
+
+class _ProjectRegistry:
+    """The project, its config, registry and store, opened once for a registry command."""
+
+    def __init__(self) -> None:
+        from conveyor import config as config_module
+        from conveyor.registry import Registry
+        from conveyor.store import ArtifactStore
+
+        self.project = Project.find()
+        self.config = config_module.load(self.project.root, self.project.state_dir)
+        self.registry = Registry(os.environ.get("CONVEYOR_REGISTRY_URL") or self.config.registry
+                                 or self.project.default_registry_url)
+        self.store = ArtifactStore(self.project.cache_dir)
+
+    def __enter__(self) -> _ProjectRegistry:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.registry.close()
+
+    def model_path(self, version: Any) -> Path | None:
+        """The version's verified artifact, when this machine's store has it."""
+        from conveyor.exceptions import ObjectMissing
+        from conveyor.model import materialize
+
+        try:
+            return materialize(self.store, self.project.models_dir, version.digest)
+        except ObjectMissing:
+            return None
+
+    def follow(self, name: str, alias: str) -> str | None:
+        """If the local server follows NAME@ALIAS, make it serve where the alias now points."""
+        from conveyor.deploy import local
+
+        live = local.current(self.project)
+        ref = f"{name}@{alias}"
+        if live is None or live.ref != ref:
+            return None
+        target = self.registry.resolve(ref)
+        started = time.perf_counter()
+        from urllib.parse import urlsplit
+
+        port = urlsplit(live.url).port or self.config.deploy.port
+        deployment = local.ensure_serving(self.project, ref, host=self.config.deploy.host, port=port,
+                                          registry_url=self.registry.url, expected_digest=target.digest)
+        return f"{deployment.url} now serves v{deployment.version} ({time.perf_counter() - started:.2f}s)"
+
+
+@models.command("promote")
+@click.argument("name")
+@click.argument("version", type=click.IntRange(1))
+@click.option("--to", "alias", required=True, help="Alias to move, e.g. staging or production.")
+@click.option("--reason", required=True, help="Why; recorded in the alias history.")
+@click.option("--force", is_flag=True, help="Promote even if the gates fail (recorded as forced).")
+def models_promote(name: str, version: int, alias: str, reason: str, force: bool) -> None:
+    """Point an alias at a version, after the project's gates pass for it.
+
+    \b
+    Examples:
+      conveyor models promote iris 3 --to production --reason "better on the new data"
+      conveyor models promote iris 2 --to staging --reason "try it" --force
+    """
+    from conveyor.promotion import GatesRefused, promote
+
+    with _ProjectRegistry() as ctx:
+        try:
+            done = promote(ctx.registry, name, version, alias, reason=reason, actor=_actor(ctx.project),
+                           gates=ctx.config.gates if name == ctx.config.model.name else [],
+                           model_path=ctx.model_path, force=force)
+        except GatesRefused as refused:
+            _render_gates([r.as_dict() for r in refused.results])
+            raise
+        if done.results:
+            _render_gates([r.as_dict() for r in done.results])
+        before = f"v{done.move.from_version}" if done.move.from_version else "(none)"
+        forced = " (forced: gates failed)" if done.forced else ""
+        console.print(f"{name}@{alias}: {before} → v{version}{forced}")
+        followed = ctx.follow(name, alias)
+        if followed:
+            console.print(followed)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--alias", default=defaults.PRODUCTION_ALIAS, show_default=True, help="Alias to move back.")
+@click.option("--reason", default=None, help="Why; recorded in the alias history.")
+def rollback(name: str, alias: str, reason: str | None) -> None:
+    """Move an alias back to the version it held before, and serve it if it is live here.
+
+    Repeated rollbacks walk further back through the promotions. The line
+    does not promote a rolled-back version again on its own.
+
+    \b
+    Examples:
+      conveyor rollback iris
+      conveyor rollback iris --alias staging --reason "latency regression"
+    """
+    from conveyor.promotion import rollback as roll_back
+
+    with _ProjectRegistry() as ctx:
+        move = roll_back(ctx.registry, name, alias, actor=_actor(ctx.project), reason=reason)
+        console.print(f"{name}@{alias}: v{move.from_version} → v{move.to_version} (rollback)")
+        followed = ctx.follow(name, alias)
+        if followed:
+            console.print(followed)
+
+
+@main.command("gates")
+@click.argument("ref")
+@click.option("--against", default=None, metavar="ALIAS", help="Compare with this alias instead of the configured one.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def gates_command(ref: str, against: str | None, as_json: bool) -> None:
+    """Explain the gates' verdict on a registered version (exit 1 when any fails).
+
+    \b
+    Examples:
+      conveyor gates iris@3
+      conveyor gates iris@candidate --against staging --json
+    """
+    from conveyor.gates import passed
+    from conveyor.promotion import check
+
+    with _ProjectRegistry() as ctx:
+        version = ctx.registry.resolve(ref)
+        results = check(ctx.registry, version, ctx.config.gates, ctx.model_path, against=against)
+    if as_json:
+        _dump_json([r.as_dict() for r in results])
+    elif results:
+        _render_gates([r.as_dict() for r in results])
+    else:
+        console.print("No gates configured in conveyor.yaml.")
+    if not passed(results):
+        sys.exit(1)
+
+
+@models.command("history")
+@click.argument("name")
+@click.option("--alias", default=None, help="Only this alias.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models_history(name: str, alias: str | None, as_json: bool) -> None:
+    """Every alias move of a model, newest first: who, when, from, to, why.
+
+    \b
+    Examples:
+      conveyor models history iris
+      conveyor models history iris --alias production --json
+    """
+    with _ProjectRegistry() as ctx:
+        moves = ctx.registry.alias_history(name, alias)
+    if as_json:
+        _dump_json([{**m.__dict__, "at": m.at.isoformat()} for m in moves])
+        return
+    if not moves:
+        console.print(f"No alias of {escape(name)} has moved yet.")
+        return
+    for m in moves:
+        move = f"{'v' + str(m.from_version) if m.from_version else '(none)'} → " + \
+               (f"v{m.to_version}" if m.to_version else "(removed)")
+        click.echo(f"{m.at:%Y-%m-%d %H:%M} UTC  {m.alias}: {move}  [{m.kind}] by {m.actor}"
+                   f"{' in run ' + m.run_id if m.run_id else ''}\n    {m.reason}")
+
+
+@models.command("diff")
+@click.argument("a")
+@click.argument("b")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models_diff(a: str, b: str, as_json: bool) -> None:
+    """What changed between two versions: metrics, params, data, commits, size.
+
+    \b
+    Examples:
+      conveyor models diff iris@1 iris@2
+      conveyor models diff iris@production iris@latest --json
+    """
+    from conveyor.lineage import diff
+
+    with _ProjectRegistry() as ctx:
+        changes = diff(ctx.registry.resolve(a), ctx.registry.resolve(b), root=ctx.project.root, store=ctx.store)
+    if as_json:
+        _dump_json(changes.as_dict())
+        return
+    console.print(f"[bold]{changes.a} → {changes.b}[/]")
+    console.print("metrics:")
+    for c in changes.metrics:
+        delta = f" ({c.delta:+.6g})" if c.delta is not None else ""
+        console.print(f"  {escape(c.key)}: {_num(c.a)} → {_num(c.b)}{delta}")
+    console.print("params changed:" + ("" if changes.params else " none"))
+    for c in changes.params:
+        console.print(f"  {escape(c.key)}: {escape(str(c.a))} → {escape(str(c.b))}")
+    console.print("data and code changed:" + ("" if changes.data else " none"))
+    for c in changes.data:
+        console.print(f"  {escape(c.key)}: {str(c.a)[:12] if c.a else '-'} → {str(c.b)[:12] if c.b else '-'}")
+    if changes.commits is None:
+        console.print("commits: unknown here (a commit is not in this repository)")
+    else:
+        console.print(f"commits ({len(changes.commits)}):")
+        for line in changes.commits:
+            console.print(f"  {escape(line)}")
+    size_a, size_b = changes.size_bytes
+    console.print(f"artifact size: {_size(size_a)} → {_size(size_b)}")
+
+
+def _num(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, (int, float)) else "-"
+
+
+def _size(value: int | None) -> str:
+    return "not in the local store" if value is None else f"{value / 1e6:.3f} MB"
+
+
+@models.command("lineage")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def models_lineage(ref: str, as_json: bool) -> None:
+    """Where a version came from and where it runs: commit → data → model → image → deployments.
+
+    \b
+    Examples:
+      conveyor models lineage iris@production
+      conveyor models lineage iris@3 --json
+    """
+    from conveyor.deploy import local
+    from conveyor.lineage import lineage
+
+    with _ProjectRegistry() as ctx:
+        version = ctx.registry.resolve(ref)
+        aliases = sorted(a for a, v in ctx.registry.aliases(version.name).items() if v == version.version)
+    live = local.current(ctx.project)
+    deployments = [f"local {live.url} ({live.ref})"] if live and live.digest == version.digest else []
+    found = lineage(version, aliases, deployments)
+    if as_json:
+        _dump_json(found.as_dict())
+        return
+    console.print(f"[bold]{found.ref}[/]" + (f" ({', '.join(found.aliases)})" if found.aliases else ""))
+    console.print(f"  commit      {found.commit or '-'} on {found.branch or '-'}{' (dirty)' if found.dirty else ''}"
+                  f" · run {found.run_id or '-'}")
+    for path, digest in sorted(found.data.items()):
+        console.print(f"  data/code   {escape(path)} {digest[:16]}")
+    console.print(f"  model       {found.digest}")
+    console.print(f"  image       {found.image or 'not packaged'}")
+    for where in found.deployments or ["not deployed here"]:
+        console.print(f"  deployed    {escape(where)}")
 
 
 # -- serve / deployments --------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import typing
 from collections.abc import Mapping
@@ -26,6 +27,8 @@ from conveyor.exceptions import ConfigError
 
 if TYPE_CHECKING:
     import yaml
+    from pydantic import GetCoreSchemaHandler
+    from pydantic_core import CoreSchema
 
 _Path = str
 _STRICT = {"extra": "forbid"}  # pydantic reads __pydantic_config__ from plain dataclasses
@@ -82,28 +85,105 @@ class ModelConfig:
                              "digits, '.', '_' and '-'")
 
 
+_METRIC_CHECKS = ("min", "max", "no_worse_than")
+_MODEL_CHECKS = ("max_latency_ms", "max_size_mb")
+_BOTH_TOLERANCES = ("tolerance_pct: give either tolerance (in the metric's units) or tolerance_pct "
+                    "(a percentage of the baseline's value), not both")
+
+
+def _check_gate_keys(data: Any) -> Any:
+    """Reject keys whose mere presence is a mistake (what `__post_init__` cannot see)."""
+    if isinstance(data, Mapping):
+        if "higher_is_better" in data:
+            raise ValueError("higher_is_better: was replaced by `direction: higher` or `direction: lower`")
+        if "tolerance" in data and "tolerance_pct" in data:
+            raise ValueError(_BOTH_TOLERANCES)
+    return data
+
+
 @dataclass(frozen=True)
 class GateConfig:
-    """A check a candidate must pass: bounds on a metric, or no worse than an alias."""
+    """A check a candidate must pass, in one of two forms.
+
+    A metric gate names a logged `metric` and checks it against `min`, `max`
+    and/or the version an alias points to (`no_worse_than`, allowed to be worse
+    by `tolerance` in the metric's units or by `tolerance_pct` percent of the
+    baseline's value). `direction` says which way is better; `slices: true`
+    applies the checks to the metric in every slice of the candidate
+    (`slices.<name>.<metric>`) instead of the overall value.
+
+    A model gate measures the candidate itself: `max_latency_ms` bounds the p99
+    time of a one-row predict, `max_size_mb` the size of the model directory.
+    """
 
     __pydantic_config__ = _STRICT
 
-    metric: str
+    metric: str | None = None
     min: float | None = None
     max: float | None = None
     no_worse_than: str | None = None
     tolerance: float = 0.0
-    higher_is_better: bool = True
+    tolerance_pct: float | None = None
+    direction: Literal["higher", "lower"] = "higher"
+    slices: bool = False
+    max_latency_ms: float | None = None
+    max_size_mb: float | None = None
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        """Validate as a dataclass, after the checks that need to see which keys were written."""
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_before_validator_function(_check_gate_keys, handler(source))
 
     def __post_init__(self) -> None:
+        for key in ("min", "max", "tolerance", "tolerance_pct", "max_latency_ms", "max_size_mb"):
+            value = getattr(self, key)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{key}: must be a finite number, not {value}")
+        if self.max_latency_ms is not None or self.max_size_mb is not None:
+            self._check_model_gate()
+        else:
+            self._check_metric_gate()
+
+    def _check_model_gate(self) -> None:
+        measured = next(key for key in _MODEL_CHECKS if getattr(self, key) is not None)
+        for key in _MODEL_CHECKS:
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ValueError(f"{key}: must be more than 0, not {value}")
+        if self.metric is not None:
+            raise ValueError(f"metric: {measured} is measured on the model, not read from metrics; "
+                             "put the metric's checks in a gate of their own")
+        metric_keys = {**{key: getattr(self, key) is not None for key in _METRIC_CHECKS},
+                       "tolerance": self.tolerance != 0, "tolerance_pct": self.tolerance_pct is not None,
+                       "direction": self.direction != "higher", "slices": self.slices}
+        for key, given in metric_keys.items():
+            if given:
+                raise ValueError(f"{key}: applies to a metric, not to {measured}; "
+                                 "put it in a gate with a metric")
+
+    def _check_metric_gate(self) -> None:
+        if self.metric is None:
+            raise ValueError("metric: required key is missing (or use max_latency_ms or max_size_mb, "
+                             "which need no metric)")
         _require_text(metric=self.metric)
-        if self.tolerance < 0:
-            raise ValueError(f"tolerance: must be 0 or more, not {self.tolerance}")
         if self.min is None and self.max is None and self.no_worse_than is None:
             raise ValueError("a gate needs at least one of min, max or no_worse_than")
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
-        if self.no_worse_than is not None and not _ALIAS_NAME.fullmatch(self.no_worse_than):
+            raise ValueError(f"max: {self.max} is less than min {self.min}")
+        for key in ("tolerance", "tolerance_pct"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise ValueError(f"{key}: must be 0 or more, not {value}")
+        if self.tolerance_pct is not None and self.tolerance != 0:
+            raise ValueError(_BOTH_TOLERANCES)
+        if self.no_worse_than is None:
+            for key, given in (("tolerance", self.tolerance != 0), ("tolerance_pct", self.tolerance_pct is not None)):
+                if given:
+                    raise ValueError(f"{key}: only applies to no_worse_than (it is the slack allowed there); "
+                                     f"add no_worse_than: production or remove {key}")
+        elif not _ALIAS_NAME.fullmatch(self.no_worse_than):
             raise ValueError(f"no_worse_than: '{self.no_worse_than}' is not an alias name "
                              "(lower-case letters, digits, '_' and '-', such as production)")
 

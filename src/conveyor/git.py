@@ -82,10 +82,12 @@ def state(root: Path, ignore: tuple[str, ...] = ()) -> GitState:
 
 
 def user(root: Path) -> str:
-    """Who moves an alias: git's user.email, else the login name."""
-    email = _git(root, "config", "user.email").stdout.strip()
-    if email:
-        return email
+    """Who moves an alias: git's author identity (config or GIT_AUTHOR_* variables), else the login name."""
+    ident = _git(root, "var", "GIT_AUTHOR_IDENT").stdout
+    if "<" in ident and ">" in ident:
+        email = ident[ident.index("<") + 1:ident.index(">")].strip()
+        if email:
+            return email
     import getpass
 
     try:

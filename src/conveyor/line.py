@@ -46,6 +46,7 @@ class LineOptions:
     wait_s: float = 0.0
     trigger: str = "manual"
     deploy: bool = True
+    actor: str | None = None  # who promotes; None: git's user.email
 
 
 StepCallback = Callable[[Step], None]
@@ -158,7 +159,7 @@ class _Line:
         step.log = log_path.name
         result = run_tests(tests, root=self.project.root, candidate_path=self.project.root / self.config.model.path,
                            candidate_digest=digest, cache_dir=self.project.stage_cache_dir, log_path=log_path,
-                           force=self.options.force)
+                           registry_url=self.registry_url, force=self.options.force)
         step.exit_code = result.exit_code
         counts = f"{result.passed} passed" if result.passed is not None else "passed"
         if result.status == "failed":
@@ -203,7 +204,8 @@ class _Line:
                     baselines[alias] = self.registry.resolve(f"{self.config.model.name}@{alias}")
                 except ModelNotFound:
                     baselines[alias] = None
-        results = gates_module.evaluate(self.config.gates, metrics, baselines)
+        results = gates_module.evaluate(self.config.gates, metrics, baselines,
+                                        model_path=self.project.root / self.config.model.path)
         table = [r.as_dict() for r in results]
         if not gates_module.passed(results):
             failing = [r.gate for r in results if not r.passed]
@@ -257,13 +259,14 @@ class _Line:
             self._finish(step, "skipped", "a model built from uncommitted changes is never promoted")
             return current
         history = self.registry.alias_history(name, defaults.PRODUCTION_ALIAS)
-        demoted = next((m for m in history if m.from_version == version and m.run_id is None), None)
-        if demoted is not None:  # a person took it out of production (a rollback): the line does not undo that
-            self._finish(step, "skipped", f"v{version} was taken out of production by {demoted.actor} "
-                         f"({demoted.reason}); the line does not promote it again")
+        demoted = next((m for m in history if m.from_version == version and m.kind == "rollback"), None)
+        if demoted is not None:  # a person rolled it back: the line does not undo that
+            self._finish(step, "skipped", f"v{version} was rolled back by {demoted.actor} "
+                         f"({demoted.reason}); `conveyor models promote` brings it back")
             return current
-        move = self.registry.set_alias(name, defaults.PRODUCTION_ALIAS, version, actor=git_module.user(self.project.root),
-                                       reason=f"gates passed in run {self.run.id}", run_id=self.run.id)
+        actor = self.options.actor or git_module.user(self.project.root)
+        move = self.registry.set_alias(name, defaults.PRODUCTION_ALIAS, version, actor=actor,
+                                       reason=f"gates passed in run {self.run.id}", run_id=self.run.id, kind="line")
         before = f"v{move.from_version}" if move.from_version else "(none)"
         self._finish(step, "ran", f"production: {before} → v{version}")
         return version
