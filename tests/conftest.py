@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+import postgres
 
 
 @pytest.fixture(autouse=True)
@@ -78,3 +82,31 @@ def tmp_repo(tmp_path: Path) -> Path:
     git(root, "init", "-q", "-b", "main")
     commit_all(root, "tiny pipeline")
     return root
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[postgres.Cluster]:
+    """A throwaway PostgreSQL server on a free loopback port, for the whole session (one per xdist worker).
+
+    Without PostgreSQL installed this skips, except in CI (CI=true), where it
+    fails: .ci/run installs PostgreSQL, so its absence there is a broken build.
+    """
+    try:
+        cluster = postgres.Cluster.start()
+    except postgres.Unavailable as exc:
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
+            pytest.fail(f"CI=true but {exc}", pytrace=False)
+        pytest.skip(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a new, empty registry: a SQLite file, or a fresh database on the test PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / '.conveyor' / 'registry.db'}"
+    cluster: postgres.Cluster = request.getfixturevalue("postgres_cluster")
+    return cluster.create_database()

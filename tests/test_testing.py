@@ -72,3 +72,48 @@ def test_no_model_yet_says_what_to_run(pytester: pytest.Pytester) -> None:
 def test_projects_without_conveyor_are_untouched(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_plain="def test_ok():\n    assert True\n")
     pytester.runpytest_subprocess("-q").assert_outcomes(passed=1)
+
+
+PRODUCTION_TESTS = """\
+import numpy as np
+
+def test_no_worse_than_production_on_setosa(candidate_model, production_model):
+    rows = np.array([[5.1, 3.5, 1.4, 0.2], [4.9, 3.0, 1.4, 0.2]])
+    assert list(candidate_model.predict(rows)) == list(production_model.predict(rows))
+
+def test_candidate_version(candidate_version):
+    assert candidate_version.digest.endswith(".dir") and candidate_version.flavor == "sklearn"
+    assert candidate_version.metrics == {"accuracy": 0.97}
+"""
+
+
+def _project_with_candidate(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", conveyor=CONFIG.replace("    outs: [model/]", "    outs: [model/]\n    metrics: [m.json]"))
+    _save_model(pytester.path / "model")
+    conveyor.log_metrics({"accuracy": 0.97}, pytester.path / "m.json")
+    pytester.makepyfile(test_model=PRODUCTION_TESTS)
+
+
+def test_production_model_skips_until_there_is_one(pytester: pytest.Pytester) -> None:
+    _project_with_candidate(pytester)
+    result = pytester.runpytest_subprocess("-q", "-rs")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*no production version of p yet*"])
+
+
+def test_production_model_is_the_verified_production_version(pytester: pytest.Pytester) -> None:
+    from conveyor.project import Project
+    from conveyor.registry import Registry
+    from conveyor.store import ArtifactStore
+
+    _project_with_candidate(pytester)
+    project = Project(pytester.path)
+    digest = ArtifactStore(project.cache_dir).put(pytester.path / "model")
+    registry = Registry(project.default_registry_url)
+    try:
+        version, _ = registry.register(name="p", digest=digest, flavor="sklearn", signature={}, metrics={},
+                                       params={}, lineage={}, gates=[], run_id=None)
+        registry.set_alias("p", "production", version.version, actor="tests", reason="first")
+    finally:
+        registry.close()
+    pytester.runpytest_subprocess("-q").assert_outcomes(passed=2)

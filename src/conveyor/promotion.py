@@ -73,13 +73,17 @@ def check(registry: Registry, version: ModelVersion, gates: Sequence[GateConfig]
 def promote(registry: Registry, name: str, version: int, alias: str, *, reason: str, actor: str,
             gates: Sequence[GateConfig], model_path: Callable[[ModelVersion], Path | None],
             force: bool = False) -> Promotion:
-    """Point `alias` at `version` if the project's gates pass for it (or `force`)."""
+    """Point `alias` at `version` if the project's gates pass for it (or `force`).
+
+    The `no_worse_than` gates compare with the alias's current holder: promoting
+    to staging is judged against staging, to production against production.
+    """
     from conveyor.gates import passed
 
     if not reason.strip():
         raise ConveyorError("say why with --reason; it is recorded in the alias history")
     candidate = registry.get(name, version)
-    results = check(registry, candidate, gates, model_path)
+    results = check(registry, candidate, gates, model_path, against=alias)
     ok = passed(results)
     if not ok and not force:
         raise GatesRefused(candidate.ref, alias, results)

@@ -58,7 +58,12 @@ class ModelVersion:
 
 @dataclass(frozen=True)
 class AliasMove:
-    """One move of an alias; `from_version`/`to_version` are None for a create/remove."""
+    """One move of an alias; `from_version`/`to_version` are None for a create/remove.
+
+    `kind` says what made the move, in the mover's words: e.g. `line` (the line
+    promoted after its gates passed), `promote`, `forced`, `rollback`, `remove`;
+    `move` when the mover did not say (and for moves recorded before kinds were).
+    """
 
     name: str
     alias: str
@@ -68,6 +73,7 @@ class AliasMove:
     actor: str
     reason: str
     run_id: str | None
+    kind: str = "move"
 
 
 def parse_ref(ref: str) -> tuple[str, str | None]:
@@ -87,6 +93,10 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
             "(versions are numbers, aliases are lower-case letters, digits, '_' and '-')"
         )
     return name, selector
+
+
+KIND_PATTERN = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+"""The kind of an alias move: a short lower-case word."""
 
 
 def validate_name(name: str) -> str:
@@ -112,6 +122,16 @@ def validate_alias(alias: str) -> str:
             f"such as NAME@{alias}; choose another name"
         )
     return alias
+
+
+def validate_kind(kind: str) -> str:
+    """Return `kind` if it can be the kind of an alias move, else raise `RegistryError`."""
+    if not KIND_PATTERN.fullmatch(kind):
+        raise RegistryError(
+            f"invalid alias move kind '{kind}': use a lower-case word of at most 32 letters, "
+            "digits, '_' and '-' (e.g. promote, rollback)"
+        )
+    return kind
 
 
 def __getattr__(name: str) -> Any:

@@ -6,8 +6,14 @@ registered?", "where does this alias point?") are all the fast path asks, so
 they are answered here with plain SQL against the tables `schema.py` defines.
 
 None means "not known here": the caller takes the slow path through
-`Registry`, which then reports any real problem (a missing, locked or corrupt
-database) properly.
+`Registry`, which then reports any real problem (a missing, locked, corrupt,
+outdated or not yet upgraded database) properly.
+
+The registry file is in WAL mode. A `mode=ro` connection reads it beside a
+writer without waiting, and never changes the database; when no other
+connection is open it creates the empty `-wal`/`-shm` side files SQLite needs
+for that, which the next writer removes. Only in a directory it cannot write
+does it fail, and then the answer is None like any other failure.
 """
 
 from __future__ import annotations

@@ -1,7 +1,10 @@
-"""The registry's tables, in SQLAlchemy Core, portable between SQLite and PostgreSQL.
+"""The registry's tables as they are now, in SQLAlchemy Core, portable between SQLite and PostgreSQL.
 
-`conveyor.registry.probe` reads two of these tables with the stdlib `sqlite3`
-module; its SQL names the same tables and columns, and a test keeps them in step.
+The queries in `sql.py` are written against these tables; the database gets
+them from the ordered steps in `migrations.py`, and a test checks that a
+migrated database has exactly this layout. `conveyor.registry.probe` reads two
+of these tables with the stdlib `sqlite3` module; its SQL names the same
+tables and columns, and a test keeps them in step.
 """
 
 from __future__ import annotations
@@ -55,7 +58,8 @@ model_versions = sa.Table(
     sa.Column("gates", sa.JSON, nullable=False),
     sa.Column("run_id", sa.String(128), nullable=True),
     sa.Column("created_at", UTCDateTime, nullable=False),
-    sa.Column("dirty", sa.Boolean, nullable=False, default=False),  # built from uncommitted changes
+    # Built from uncommitted changes; added by migration 2, so older rows read False.
+    sa.Column("dirty", sa.Boolean, nullable=False, default=False, server_default=sa.false()),
     sa.UniqueConstraint("name", "version", name="uq_model_versions_name_version"),
     sa.UniqueConstraint("name", "digest", "dirty", name="uq_model_versions_name_digest_dirty"),
     sa.CheckConstraint("version >= 1", name="ck_model_versions_version_positive"),
@@ -92,7 +96,18 @@ alias_history = sa.Table(
     sa.Column("actor", sa.String(255), nullable=False),
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("run_id", sa.String(128), nullable=True),
+    # What made the move (see `AliasMove.kind`); added by migration 3, so older moves read "move".
+    sa.Column("kind", sa.String(32), nullable=False, server_default="move"),
     sa.Index("ix_alias_history_name_alias_id", "name", "alias", "id"),
     sa.Index("ix_alias_history_name_at", "name", "at"),
 )
 """Every alias move, append-only: who moved it, when, from where to where, and why."""
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("number", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("applied_at", UTCDateTime, nullable=False),
+)
+"""One row per migration applied to this database (see `migrations.py`); the highest number is its schema."""

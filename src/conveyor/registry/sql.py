@@ -2,9 +2,10 @@
 
 SQLite (the default: one file under `.conveyor/`) and PostgreSQL (for teams)
 run the same statements. Every write is one transaction, so a crash leaves no
-half-written row. On SQLite a write starts with BEGIN IMMEDIATE, so concurrent
-writers queue for the lock instead of racing for the next version number; on
-PostgreSQL a lost race trips a UNIQUE constraint and the write is retried.
+half-written row, and writers of one model are serialised (see `engine.py`),
+so concurrent registrations get distinct, gapless version numbers and
+concurrent alias moves lose no history. Opening a registry brings its schema
+up to date (see `migrations.py`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import datetime, timezone
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy import event
 
 from conveyor.exceptions import ModelNotFound, RegistryError
 from conveyor.registry import (
@@ -30,64 +29,21 @@ from conveyor.registry import (
     ModelVersion,
     parse_ref,
     validate_alias,
+    validate_kind,
     validate_name,
 )
-from conveyor.registry.schema import alias_history, aliases, metadata, model_versions
+from conveyor.registry import migrations
+from conveyor.registry.engine import WRITE, create_engine, display_url, lock, reason
+from conveyor.registry.schema import alias_history, aliases, model_versions
 
 _T = TypeVar("_T")
 
-_WRITE = "conveyor_write"
-"""Execution option that marks a connection's transaction as a write (BEGIN IMMEDIATE)."""
-
-_BUSY_TIMEOUT_S = 30.0
-"""How long a SQLite connection waits for another process's lock before giving up."""
-
 _WRITE_ATTEMPTS = 5
-"""Tries of a write that lost a race on a UNIQUE constraint (PostgreSQL)."""
+"""Tries of a write that lost a race on a UNIQUE constraint (a backstop: writers of a model are serialised)."""
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _sqlite_connect(dbapi_connection: Any, connection_record: Any) -> None:
-    # Stop pysqlite from issuing its own (late, deferred) BEGIN: `_sqlite_begin` does it.
-    dbapi_connection.isolation_level = None
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys = ON")
-    cursor.close()
-
-
-def _sqlite_begin(conn: sa.Connection) -> None:
-    write = conn.get_execution_options().get(_WRITE, False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-
-def _create_engine(url: str) -> sa.Engine:
-    try:
-        parsed = sa.make_url(url)
-    except sa.exc.ArgumentError:
-        raise RegistryError(
-            f"invalid registry URL '{url}': expected e.g. sqlite:////abs/path/registry.db "
-            "or postgresql+psycopg://user@host/dbname"
-        ) from None
-    try:
-        if parsed.get_backend_name() != "sqlite":
-            return sa.create_engine(parsed, pool_pre_ping=True)
-        database = parsed.database
-        if database and database != ":memory:" and not database.startswith("file:"):
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        # No pooled connections: a long-running server must see the file as it is
-        # now (replaced, restored from backup), and an SQLite connect costs microseconds.
-        engine = sa.create_engine(parsed, connect_args={"timeout": _BUSY_TIMEOUT_S}, poolclass=sa.pool.NullPool)
-    except (ImportError, sa.exc.NoSuchModuleError) as exc:
-        raise RegistryError(
-            f"cannot use registry URL '{parsed.render_as_string(hide_password=True)}': {exc}; "
-            "install the database driver it names (e.g. `pip install psycopg`)"
-        ) from None
-    event.listen(engine, "connect", _sqlite_connect)
-    event.listen(engine, "begin", _sqlite_begin)
-    return engine
 
 
 def _json(field: str, value: Any) -> Any:
@@ -134,16 +90,20 @@ def _span(versions: Sequence[int]) -> str:
 class Registry:
     """Model versions and aliases in one SQL database (`sqlite:///…` or `postgresql://…`).
 
-    Opening creates the tables when they are missing. Use as a context manager,
-    or call `close()`, to release the database connections.
+    Opening creates the tables in an empty database and upgrades an older
+    registry's schema in place. Use as a context manager, or call `close()`,
+    to release the database connections.
     """
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._engine = _create_engine(url)
-        self._where = self._engine.url.render_as_string(hide_password=True)
+        self._engine = create_engine(url)
+        self._where = display_url(url)
         try:
-            self._write(lambda conn: metadata.create_all(conn))
+            migrations.upgrade(self._engine, url)
+        except sa.exc.DBAPIError as exc:
+            self._engine.dispose()
+            raise self._failure(exc) from exc
         except BaseException:
             self._engine.dispose()
             raise
@@ -164,7 +124,7 @@ class Registry:
 
     def _failure(self, exc: sa.exc.DBAPIError) -> RegistryError:
         return RegistryError(
-            f"the registry at {self._where} failed: {exc.orig}; check that it is a Conveyor "
+            f"the registry at {self._where} failed: {reason(exc)}; check that it is a Conveyor "
             "registry you can reach, read and write, and that no process keeps it locked"
         )
 
@@ -176,19 +136,20 @@ class Registry:
         except sa.exc.DatabaseError as exc:
             raise self._failure(exc) from exc
 
-    def _write(self, work: Callable[[sa.Connection], _T]) -> _T:
-        """Run `work` in one write transaction, retrying when a concurrent write won a race."""
+    def _write(self, name: str, work: Callable[[sa.Connection], _T]) -> _T:
+        """Run `work` in one write transaction on model `name`, after any other writer of it."""
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
                 with self._engine.connect() as conn:
-                    conn.execution_options(**{_WRITE: True})
+                    conn.execution_options(**{WRITE: True})
                     with conn.begin():
+                        lock(conn, f"model:{name}")
                         return work(conn)
             except sa.exc.IntegrityError as exc:
                 if attempt == _WRITE_ATTEMPTS:
                     raise RegistryError(
                         f"the registry at {self._where} kept refusing a write "
-                        f"({exc.orig}) after {attempt} tries; run the command again"
+                        f"({reason(exc)}) after {attempt} tries; run the command again"
                     ) from exc
             except sa.exc.DatabaseError as exc:  # after IntegrityError, its subclass
                 raise self._failure(exc) from exc
@@ -366,7 +327,7 @@ class Registry:
             conn.execute(model_versions.insert().values(**row))
             return _to_version(row), True
 
-        return self._write(write)
+        return self._write(name, write)
 
     def set_alias(
         self,
@@ -377,13 +338,16 @@ class Registry:
         actor: str,
         reason: str,
         run_id: str | None = None,
+        kind: str = "move",
     ) -> AliasMove:
         """Point `alias` at `version` of `name` and record the move.
 
-        Pointing an alias where it already points records nothing; the returned
-        move then has `from_version == to_version`.
+        `kind` says what made the move (see `AliasMove.kind`). Pointing an alias
+        where it already points records nothing; the returned move then has
+        `from_version == to_version`.
         """
         validate_alias(alias)
+        validate_kind(kind)
         if not actor.strip():
             raise RegistryError(f"moving alias '{alias}' of '{name}' needs an actor (who moved it)")
 
@@ -391,7 +355,7 @@ class Registry:
             if self._row(conn, name, version) is None:
                 raise ModelNotFound(f"{name}@{version}", self._hint(conn, name))
             current = self._alias(conn, name, alias)
-            move = AliasMove(name, alias, current, version, _now(), actor, reason, run_id)
+            move = AliasMove(name, alias, current, version, _now(), actor, reason, run_id, kind)
             if current == version:
                 return move
             if current is None:
@@ -407,12 +371,13 @@ class Registry:
             self._record(conn, move)
             return move
 
-        return self._write(write)
+        return self._write(name, write)
 
     def remove_alias(
-        self, name: str, alias: str, *, actor: str, reason: str, run_id: str | None = None
+        self, name: str, alias: str, *, actor: str, reason: str, run_id: str | None = None, kind: str = "remove"
     ) -> AliasMove:
         """Delete `alias` of `name` and record the move (its `to_version` is None)."""
+        validate_kind(kind)
         if not actor.strip():
             raise RegistryError(f"removing alias '{alias}' of '{name}' needs an actor (who removed it)")
 
@@ -421,11 +386,11 @@ class Registry:
             if current is None:
                 raise ModelNotFound(f"{name}@{alias}", self._hint(conn, name))
             conn.execute(aliases.delete().where(aliases.c.name == name, aliases.c.alias == alias))
-            move = AliasMove(name, alias, current, None, _now(), actor, reason, run_id)
+            move = AliasMove(name, alias, current, None, _now(), actor, reason, run_id, kind)
             self._record(conn, move)
             return move
 
-        return self._write(write)
+        return self._write(name, write)
 
     @staticmethod
     def _record(conn: sa.Connection, move: AliasMove) -> None:
@@ -439,5 +404,6 @@ class Registry:
                 actor=move.actor,
                 reason=move.reason,
                 run_id=move.run_id,
+                kind=move.kind,
             )
         )
