@@ -7,10 +7,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
+from typing import Any
 
 import postgres
+import pytest
+import sqlalchemy as sa
+
+from conveyor.registry import ModelVersion, Registry
 
 
 @pytest.fixture(autouse=True)
@@ -110,3 +113,55 @@ def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / '.conveyor' / 'registry.db'}"
     cluster: postgres.Cluster = request.getfixturevalue("postgres_cluster")
     return cluster.create_database()
+
+
+# -- the registry ------------------------------------------------------------------
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / ".conveyor" / "registry.db"
+
+
+@pytest.fixture
+def registry(registry_url: str) -> Iterator[Registry]:
+    registry = Registry(registry_url)
+    yield registry
+    registry.close()
+
+
+@pytest.fixture
+def sqlite_registry(db_path: Path) -> Iterator[Registry]:
+    registry = Registry(f"sqlite:///{db_path}")
+    yield registry
+    registry.close()
+
+
+def engine_for(url: str) -> sa.Engine:
+    """A plain engine on a registry's database, to look at it or build old layouts by hand."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    url = url.replace("postgresql://", "postgresql+psycopg://", 1)
+    return sa.create_engine(url, poolclass=sa.pool.NullPool)
+
+
+def another_url(registry_url: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A second empty database on the same backend as `registry_url`."""
+    if registry_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path / 'other.db'}"
+    cluster: postgres.Cluster = request.getfixturevalue("postgres_cluster")
+    return cluster.create_database()
+
+
+def register(registry: Registry, digest: str, name: str = "iris", **fields: Any) -> tuple[ModelVersion, bool]:
+    values: dict[str, Any] = {
+        "flavor": "sklearn",
+        "signature": {"inputs": [{"name": "x", "type": "double"}]},
+        "metrics": {"accuracy": 0.9},
+        "params": {"C": 1.0},
+        "lineage": {"commit": "abc123", "dirty": False},
+        "gates": [],
+        "run_id": "run-1",
+        **fields,
+    }
+    return registry.register(name=name, digest=digest, **values)
