@@ -48,11 +48,11 @@ def _free_port() -> int:
 class Cluster:
     """A running PostgreSQL server that only the tests use; `stop()` removes every trace of it."""
 
-    def __init__(self, bindir: Path, root: Path, port: int, as_user: list[str]) -> None:
+    def __init__(self, bindir: Path, root: Path, port: int, owner: pwd.struct_passwd | None) -> None:
         self.bindir = bindir
         self.root = root
         self.port = port
-        self._as_user = as_user
+        self._owner = owner  # the unprivileged user the server runs as, when we are root
         self._databases = count(1)
 
     @classmethod
@@ -68,7 +68,6 @@ class Cluster:
             import psycopg  # noqa: F401
         except ImportError:
             raise Unavailable("psycopg is not installed; pip install -e '.[dev]'") from None
-        as_user: list[str] = []
         owner: pwd.struct_passwd | None = None
         root = Path(tempfile.mkdtemp(prefix="conveyor-pg-"))
         if os.geteuid() == 0:
@@ -81,8 +80,7 @@ class Cluster:
                     f"'{_RUN_AS}' user to run it as; reinstall the postgresql package, which creates it"
                 ) from None
             os.chown(root, owner.pw_uid, owner.pw_gid)
-            as_user = ["runuser", "-u", _RUN_AS, "--"]
-        cluster = cls(bindir, root, 0, as_user)
+        cluster = cls(bindir, root, 0, owner)
         try:
             cluster._run("initdb", "-D", "data", "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
                          "--no-locale", "--no-sync")
@@ -107,8 +105,13 @@ class Cluster:
         return cluster
 
     def _run(self, tool: str, *args: str) -> None:
-        command = [*self._as_user, str(self.bindir / tool), *args]
-        done = subprocess.run(command, cwd=self.root, capture_output=True, text=True, timeout=120)
+        command = [str(self.bindir / tool), *args]
+        as_owner = {} if self._owner is None else {
+            "user": self._owner.pw_uid, "group": self._owner.pw_gid, "extra_groups": [],
+            "env": {**os.environ, "HOME": self._owner.pw_dir, "USER": self._owner.pw_name},
+        }
+        done = subprocess.run(command, cwd=self.root, capture_output=True, text=True, timeout=120,
+                              **as_owner)  # type: ignore[call-overload]
         if done.returncode != 0:
             raise RuntimeError(
                 f"{tool} failed (exit {done.returncode}): {done.stderr.strip() or done.stdout.strip()}\n"
