@@ -344,10 +344,20 @@ def test_model_size(model_dir: Path) -> None:
     assert bad.detail == f"model size is {total / 1e6:.6g} MB, above the maximum 0.0001 MB"
 
 
-def test_without_a_model_path_latency_and_size_are_not_measured() -> None:
+def test_without_the_model_latency_and_size_gates_fail_as_not_measured() -> None:
     results = evaluate([GateConfig(max_latency_ms=5, max_size_mb=1)], {}, {})
-    assert [(r.passed, r.actual) for r in results] == [(True, None), (True, None)]
-    assert results[0].detail == "not measured: no model directory was given to measure the p99 latency"
+    assert [(r.passed, r.actual) for r in results] == [(False, None), (False, None)]
+    assert results[0].detail.startswith("not measured: the model's artifact is not in this machine's store")
+
+
+def test_a_slice_missing_from_the_candidate_fails() -> None:
+    gate = GateConfig(metric="accuracy", slices=True, no_worse_than="production")
+    baseline = ModelVersion(name="m", version=1, digest="d", flavor="sklearn", signature={}, params={}, lineage={},
+                            gates=[], run_id=None, created_at=datetime.now(timezone.utc),
+                            metrics={"slices.a.accuracy": 0.9, "slices.b.accuracy": 0.9})
+    results = evaluate([gate], {"slices.a.accuracy": 0.95}, {"production": baseline})
+    assert [(r.metric, r.passed) for r in results] == [("slices.b.accuracy", False), ("slices.a.accuracy", True)]
+    assert "did not log it" in results[0].detail
 
 
 def test_an_unloadable_model_fails_the_measured_gates(tmp_path: Path) -> None:

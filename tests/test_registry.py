@@ -394,3 +394,21 @@ def test_a_dirty_build_and_its_committed_twin_are_two_versions(registry: Registr
     assert not created and again.version == 2
     assert registry.find_by_digest("iris", "d" * 64) == clean
     assert registry.find_by_digest("iris", "d" * 64, dirty=True) == dirty
+
+
+def test_a_move_decided_on_a_stale_alias_is_refused(registry: Registry) -> None:
+    for digest in ("a" * 64, "b" * 64, "c" * 64):
+        register(registry, digest)
+    registry.set_alias("iris", "production", 1, actor="t", reason="first", expected=None)
+    registry.set_alias("iris", "production", 2, actor="t", reason="meanwhile")  # someone else moves it
+    with pytest.raises(RegistryError, match=r"iris@production moved meanwhile \(it now points to v2, not v1\)"):
+        registry.set_alias("iris", "production", 3, actor="t", reason="judged against v1", expected=1)
+    assert registry.aliases("iris") == {"production": 2}
+    assert len(registry.alias_history("iris")) == 2
+
+
+def test_urls_in_messages_hide_passwords_in_the_query_too() -> None:
+    from conveyor.registry.engine import display_url
+
+    assert display_url("postgresql://bob:s3cret@db/reg?password=other") == "postgresql://bob:***@db/reg?…"
+    assert "s3cret" not in display_url("postgresql://bob@db/reg?password=s3cret")

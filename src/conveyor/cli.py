@@ -393,7 +393,7 @@ def models_list(name: str | None, as_json: bool) -> None:
     from conveyor.registry import Registry
 
     project = Project.find()
-    registry = Registry(_registry_url(project))
+    registry = Registry(_registry_url(project), create=False)
     try:
         names = [name] if name else registry.models()
         rows = []
@@ -444,7 +444,7 @@ def models_show(ref: str, as_json: bool) -> None:
     from conveyor.registry import Registry
 
     project = Project.find()
-    registry = Registry(_registry_url(project))
+    registry = Registry(_registry_url(project), create=False)
     try:
         mv = registry.resolve(ref)
         aliases = sorted(a for a, v in registry.aliases(mv.name).items() if v == mv.version)
@@ -500,7 +500,7 @@ class _ProjectRegistry:
         self.project = Project.find()
         self.config = config_module.load(self.project.root, self.project.state_dir)
         self.registry = Registry(os.environ.get("CONVEYOR_REGISTRY_URL") or self.config.registry
-                                 or self.project.default_registry_url)
+                                 or self.project.default_registry_url, create=False)
         self.store = ArtifactStore(self.project.cache_dir)
 
     def __enter__(self) -> _ProjectRegistry:
@@ -508,6 +508,13 @@ class _ProjectRegistry:
 
     def __exit__(self, *_exc: object) -> None:
         self.registry.close()
+
+    def gates_for(self, name: str) -> Any:
+        """The gates of conveyor.yaml, which judge this project's model and no other."""
+        if name != self.config.model.name:
+            raise ConveyorError(f"conveyor.yaml's gates judge the model '{self.config.model.name}', not '{name}'; "
+                                f"run this from the project of '{name}'")
+        return self.config.gates
 
     def model_path(self, version: Any) -> Path | None:
         """The version's verified artifact, when this machine's store has it."""
@@ -556,7 +563,7 @@ def models_promote(name: str, version: int, alias: str, reason: str, force: bool
     with _ProjectRegistry() as ctx:
         try:
             done = promote(ctx.registry, name, version, alias, reason=reason, actor=_actor(ctx.project),
-                           gates=ctx.config.gates if name == ctx.config.model.name else [],
+                           gates=ctx.gates_for(name),
                            model_path=ctx.model_path, force=force)
         except GatesRefused as refused:
             _render_gates([r.as_dict() for r in refused.results])
@@ -613,7 +620,8 @@ def gates_command(ref: str, against: str | None, as_json: bool) -> None:
 
     with _ProjectRegistry() as ctx:
         version = ctx.registry.resolve(ref)
-        results = check(ctx.registry, version, ctx.config.gates, ctx.model_path, against=against)
+        results = check(ctx.registry, version, ctx.gates_for(version.name), ctx.model_path, against=against,
+                        against_must_exist=True)
     if as_json:
         _dump_json([r.as_dict() for r in results])
     elif results:
@@ -636,8 +644,18 @@ def models_history(name: str, alias: str | None, as_json: bool) -> None:
       conveyor models history iris
       conveyor models history iris --alias production --json
     """
+    from conveyor.exceptions import ModelNotFound
+    from conveyor.registry import validate_alias
+
     with _ProjectRegistry() as ctx:
+        if not ctx.registry.versions(name):
+            raise ModelNotFound(name, "`conveyor models list` shows the registered models")
+        if alias is not None:
+            validate_alias(alias)
         moves = ctx.registry.alias_history(name, alias)
+        if alias is not None and not moves:
+            listed = ", ".join(sorted(ctx.registry.aliases(name))) or "none yet"
+            raise ConveyorError(f"{name} has no alias '{alias}' (its aliases: {listed})")
     if as_json:
         _dump_json([{**m.__dict__, "at": m.at.isoformat()} for m in moves])
         return
@@ -684,9 +702,13 @@ def models_diff(a: str, b: str, as_json: bool) -> None:
     if changes.commits is None:
         console.print("commits: unknown here (a commit is not in this repository)")
     else:
-        console.print(f"commits ({len(changes.commits)}):")
+        console.print(f"commits from {changes.a} to {changes.b} ({len(changes.commits)}):")
         for line in changes.commits:
             console.print(f"  {escape(line)}")
+        if changes.commits_back:
+            console.print(f"commits in {changes.a} that {changes.b} does not have ({len(changes.commits_back)}):")
+            for line in changes.commits_back:
+                console.print(f"  {escape(line)}")
     size_a, size_b = changes.size_bytes
     console.print(f"artifact size: {_size(size_a)} → {_size(size_b)}")
 

@@ -201,6 +201,13 @@ def _slice_checks(
         )]
     reference = slice_values(baseline.metrics, gate.metric) if baseline is not None else {}
     results: list[GateResult] = []
+    if baseline is not None and gate.no_worse_than is not None:
+        for name in sorted(set(reference) - set(candidate)):  # a slice must not vanish to hide a regression
+            results.append(GateResult(
+                f"{gate.metric} in slice '{name}' no worse than {gate.no_worse_than}",
+                f"{SLICES}.{name}.{gate.metric}", None, f"no worse than {gate.no_worse_than}", False,
+                f"slice '{name}' is in {gate.no_worse_than} (v{baseline.version}) but the candidate did not log it",
+            ))
     for name in sorted(candidate):
         absent = None
         if baseline is not None and name not in reference:
@@ -286,9 +293,10 @@ def _measured(metric: str, bound: float, measurements: _Measurements) -> GateRes
     gate, required = f"{what} <= {_fmt(bound)} {unit}", f"<= {_fmt(bound)}"
     actual, problem = measurements.get(metric)
     if actual is None:
-        if not problem:
-            return GateResult(gate, metric, None, required, True,
-                              f"not measured: no model directory was given to measure the {what}")
+        if not problem:  # unknown is not good enough: the gate exists to be sure
+            return GateResult(gate, metric, None, required, False,
+                              f"not measured: the model's artifact is not in this machine's store, so its {what} "
+                              "cannot be measured here; pull it, or promote with --force")
         return GateResult(gate, metric, None, required, False, f"could not measure the {what}: {problem}")
     ok = _at_most(actual, bound)
     detail = f"{what} is {_fmt(actual)} {unit}, " + (
@@ -320,7 +328,7 @@ def evaluate(
     points to, or None when the alias does not exist yet (that comparison passes).
     A metric the candidate did not log fails every check that needs it.
     `model_path` is the candidate's model directory, measured (once) for
-    `max_latency_ms` and `max_size_mb` gates; None passes them as "not measured".
+    `max_latency_ms` and `max_size_mb` gates; None fails them as "not measured".
     """
     missing = [alias for alias in baseline_aliases(gates) if alias not in baselines]
     if missing:
@@ -354,7 +362,8 @@ def check_version(
     """Evaluate the gates on a registered `version`'s stored metrics (`conveyor gates`, `models promote`).
 
     `baselines` is as for `evaluate`; `model_path` is the version's materialised
-    model directory, or None to pass latency and size gates as "not measured".
+    model directory, or None when this machine does not have it (latency and
+    size gates then fail as "not measured").
     """
     return evaluate(gates, version.metrics, baselines, model_path=model_path)
 

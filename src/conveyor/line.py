@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from conveyor import __version__, defaults
 from conveyor import config as config_module
@@ -74,6 +74,7 @@ class _Line:
         self.on_step = on_step
         self.store = ArtifactStore(project.cache_dir)
         self._registry: Registry | None = None
+        self.production_judged: int | None | Literal["any"] = "any"  # production as the gates compared with it
         assert options.registry_url is not None, "run_line resolves the registry URL"
         self.registry_url: str = options.registry_url
 
@@ -204,6 +205,9 @@ class _Line:
                     baselines[alias] = self.registry.resolve(f"{self.config.model.name}@{alias}")
                 except ModelNotFound:
                     baselines[alias] = None
+        if defaults.PRODUCTION_ALIAS in baselines:  # promotion must find production where the gates saw it
+            judged = baselines[defaults.PRODUCTION_ALIAS]
+            self.production_judged = judged.version if judged is not None else None
         results = gates_module.evaluate(self.config.gates, metrics, baselines,
                                         model_path=self.project.root / self.config.model.path)
         table = [r.as_dict() for r in results]
@@ -266,7 +270,8 @@ class _Line:
             return current
         actor = self.options.actor or git_module.user(self.project.root)
         move = self.registry.set_alias(name, defaults.PRODUCTION_ALIAS, version, actor=actor,
-                                       reason=f"gates passed in run {self.run.id}", run_id=self.run.id, kind="line")
+                                       reason=f"gates passed in run {self.run.id}", run_id=self.run.id, kind="line",
+                                       expected=current if self.production_judged == "any" else self.production_judged)
         before = f"v{move.from_version}" if move.from_version else "(none)"
         self._finish(step, "ran", f"production: {before} → v{version}")
         return version

@@ -39,7 +39,8 @@ class VersionDiff:
     metrics: list[Change]
     params: list[Change]
     data: list[Change]
-    commits: list[str] | None  # `git log --oneline A..B`; None when git cannot tell
+    commits: list[str] | None  # `git log --oneline A..B`: what B has that A has not; None when git cannot tell
+    commits_back: list[str] | None  # `B..A`: what A has that B has not (B is older, or on another branch)
     size_bytes: tuple[int | None, int | None]
 
     def as_dict(self) -> dict[str, Any]:
@@ -95,6 +96,7 @@ def diff(a: ModelVersion, b: ModelVersion, *, root: Path, store: ArtifactStore) 
         params=_changes(a.params, b.params, only_changed=True),
         data=_changes(data_digests(a), data_digests(b), only_changed=True),
         commits=commits_between(root, _commit(a), _commit(b)),
+        commits_back=commits_between(root, _commit(b), _commit(a)),
         size_bytes=(artifact_size(store, a.digest), artifact_size(store, b.digest)),
     )
 

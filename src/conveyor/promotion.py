@@ -52,10 +52,13 @@ def baselines_for(registry: Registry, name: str, gates: Sequence[GateConfig]) ->
 
 
 def check(registry: Registry, version: ModelVersion, gates: Sequence[GateConfig],
-          model_path: Callable[[ModelVersion], Path | None], against: str | None = None) -> list[GateResult]:
+          model_path: Callable[[ModelVersion], Path | None], against: str | None = None,
+          against_must_exist: bool = False) -> list[GateResult]:
     """The verdict of the project's gates on a registered version.
 
-    `against` replaces the alias every `no_worse_than` gate compares with.
+    `against` replaces the alias every `no_worse_than` gate compares with; with
+    `against_must_exist`, an alias that points nowhere is an error rather than
+    a comparison that passes (`conveyor gates --against prodution` must not be green).
     """
     from dataclasses import replace
 
@@ -65,6 +68,10 @@ def check(registry: Registry, version: ModelVersion, gates: Sequence[GateConfig]
         from conveyor.registry import validate_alias
 
         validate_alias(against)  # a one-line error for `--against Production`, before the gates see it
+        known = registry.aliases(version.name)
+        if against_must_exist and against not in known:
+            listed = ", ".join(sorted(known)) or "none yet"
+            raise RegistryError(f"{version.name} has no alias '{against}' (its aliases: {listed})")
         gates = [replace(g, no_worse_than=against) if g.no_worse_than else g for g in gates]
     baselines = baselines_for(registry, version.name, gates)
     return check_version(version, gates, baselines, model_path(version))
@@ -83,12 +90,15 @@ def promote(registry: Registry, name: str, version: int, alias: str, *, reason: 
     if not reason.strip():
         raise ConveyorError("say why with --reason; it is recorded in the alias history")
     candidate = registry.get(name, version)
+    holder = registry.aliases(name).get(alias)
     results = check(registry, candidate, gates, model_path, against=alias)
     ok = passed(results)
     if not ok and not force:
         raise GatesRefused(candidate.ref, alias, results)
-    kind = "promote" if ok else "forced"
-    move = registry.set_alias(name, alias, version, actor=actor, reason=reason, kind=kind)
+    if not ok:
+        reason += " (forced past failing gates: " + "; ".join(r.gate for r in results if not r.passed) + ")"
+    move = registry.set_alias(name, alias, version, actor=actor, reason=reason, kind="promote" if ok else "forced",
+                              expected=holder)
     return Promotion(move=move, results=results, forced=not ok)
 
 
@@ -111,4 +121,4 @@ def rollback(registry: Registry, name: str, alias: str, *, actor: str, reason: s
     """Move `alias` back to the version it held before, recorded as a rollback."""
     current, previous = rollback_target(registry, name, alias)
     why = reason or f"rollback of v{current}"
-    return registry.set_alias(name, alias, previous, actor=actor, reason=why, kind="rollback")
+    return registry.set_alias(name, alias, previous, actor=actor, reason=why, kind="rollback", expected=current)

@@ -53,11 +53,14 @@ def parse_url(url: str) -> sa.URL:
 
 
 def display_url(url: str) -> str:
-    """`url` as a message may show it: as written, with any password hidden."""
+    """`url` as a message may show it: any password hidden, and the query left out
+    (it may carry `password=` or other secrets)."""
     try:
-        return sa.make_url(url).render_as_string(hide_password=True)
+        parsed = sa.make_url(url)
     except sa.exc.ArgumentError:
-        return url
+        return url.split("?", 1)[0]
+    shown = parsed.set(query={}).render_as_string(hide_password=True)
+    return shown + ("?…" if parsed.query else "")
 
 
 def is_postgres(engine: sa.Engine) -> bool:

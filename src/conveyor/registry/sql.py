@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import datetime, timezone
+from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
 
@@ -27,13 +28,20 @@ from conveyor.registry import (
     VERSION_PATTERN,
     AliasMove,
     ModelVersion,
+    migrations,
     parse_ref,
     validate_alias,
     validate_kind,
     validate_name,
 )
-from conveyor.registry import migrations
-from conveyor.registry.engine import WRITE, create_engine, display_url, lock, reason
+from conveyor.registry.engine import (
+    WRITE,
+    create_engine,
+    display_url,
+    lock,
+    parse_url,
+    reason,
+)
 from conveyor.registry.schema import alias_history, aliases, model_versions
 
 _T = TypeVar("_T")
@@ -95,8 +103,20 @@ class Registry:
     to release the database connections.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """Open (and upgrade) the registry at `url`. With `create=False` a SQLite
+        file that does not exist yet is an error, not a new empty registry: a
+        command that only reads must not turn a mistyped path into one."""
         self.url = url
+        if not create:
+            parsed = parse_url(url)
+            database = parsed.database or ""
+            if parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:") \
+                    and not database.startswith("file:") and not Path(database).is_file():
+                raise RegistryError(
+                    f"there is no registry at {database} yet: `conveyor run` creates it when it registers "
+                    "the first model (or check `registry:` in conveyor.yaml and CONVEYOR_REGISTRY_URL)"
+                )
         self._engine = create_engine(url)
         self._where = display_url(url)
         try:
@@ -339,12 +359,17 @@ class Registry:
         reason: str,
         run_id: str | None = None,
         kind: str = "move",
+        expected: int | None | Literal["any"] = "any",
     ) -> AliasMove:
         """Point `alias` at `version` of `name` and record the move.
 
         `kind` says what made the move (see `AliasMove.kind`). Pointing an alias
         where it already points records nothing; the returned move then has
-        `from_version == to_version`.
+        `from_version == to_version`. With `expected` (a version, or None for
+        "points nowhere"), the move happens only if the alias still points
+        there, in the same transaction: a decision taken on what the alias held
+        (gates passed against it, a rollback computed from it) is not applied
+        after someone else moved it.
         """
         validate_alias(alias)
         validate_kind(kind)
@@ -355,6 +380,11 @@ class Registry:
             if self._row(conn, name, version) is None:
                 raise ModelNotFound(f"{name}@{version}", self._hint(conn, name))
             current = self._alias(conn, name, alias)
+            if expected != "any" and current != expected:
+                now = f"v{current}" if current is not None else "nowhere"
+                raise RegistryError(f"{name}@{alias} moved meanwhile (it now points {'to ' if current else ''}{now}, "
+                                    f"not {'v' + str(expected) if expected is not None else 'nowhere'}); "
+                                    "nothing was changed, run the command again")
             move = AliasMove(name, alias, current, version, _now(), actor, reason, run_id, kind)
             if current == version:
                 return move
