@@ -375,9 +375,19 @@ def test_a_model_that_cannot_predict_its_sample_row_is_reported(model_dir: Path,
     shutil.copytree(model_dir, broken)
     metadata = json.loads((broken / "conveyor-model.json").read_text())
     metadata["signature"]["inputs"] = metadata["signature"]["inputs"][:2]  # the estimator wants 4 columns
+    metadata["sample"] = [row[:2] for row in metadata["sample"]]
     (broken / "conveyor-model.json").write_text(json.dumps(metadata))
-    with pytest.raises(ConveyorError, match="raised ValueError .* predicting one row built from its signature"):
+    with pytest.raises(ConveyorError, match="raised ValueError .* predicting one row of its sample input"):
         measure_latency_ms(broken, repeats=1)
+
+
+def test_latency_is_timed_on_the_saved_sample(model_dir: Path) -> None:
+    from conveyor.model import read_metadata
+
+    sample = read_metadata(model_dir).sample
+    assert sample is not None and len(sample) == 5 and all(len(row) == 4 for row in sample)
+    assert any(value != 0 for value in sample[0])  # real training rows, not a filler row of zeros
+    assert measure_latency_ms(model_dir, repeats=5) > 0
 
 
 # -- registered versions ------------------------------------------------------

@@ -226,19 +226,21 @@ def _wanted(gate: GateConfig) -> list[str]:
 
 
 def measure_latency_ms(model_path: Path, *, repeats: int = 200) -> float:
-    """The p99 time, in milliseconds, of `predict` on one row built from the model's signature.
+    """The p99 time, in milliseconds, of `predict` on one row of the model's own sample input
+    (kept by `save_model`; a row built from the signature for older model directories).
 
     The model at `model_path` is loaded (trusted: your own training output, or
     a verified materialised version) and warmed up first; the p99 is the
     nearest-rank 99th percentile of `repeats` timed calls.
     """
     from conveyor.model import load_model
-    from conveyor.signature import sample_rows
+    from conveyor.signature import sample_rows, to_array
 
     if repeats < 1:
         raise ValueError(f"repeats must be 1 or more, not {repeats}")
     model = load_model(model_path)
-    row = sample_rows(model.signature, n=1)
+    stored = model.metadata.sample
+    row = to_array(model.signature, stored[:1]) if stored else sample_rows(model.signature, n=1)
     timings: list[int] = []
     try:
         for _ in range(_WARMUP_CALLS):
@@ -251,8 +253,8 @@ def measure_latency_ms(model_path: Path, *, repeats: int = 200) -> float:
         raise
     except Exception as exc:  # the model's own code failed; say so instead of a traceback
         raise ConveyorError(
-            f"the model at {model_path} raised {type(exc).__name__} ({exc}) predicting one row built "
-            "from its signature, so its latency cannot be measured"
+            f"the model at {model_path} raised {type(exc).__name__} ({exc}) predicting one row of its "
+            "sample input, so its latency cannot be measured"
         ) from exc
     timings.sort()
     return timings[math.ceil(0.99 * repeats) - 1] / 1e6

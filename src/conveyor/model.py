@@ -41,6 +41,11 @@ class ModelMetadata:
     artifact: str
     signature: dict[str, Any]
     environment: dict[str, Any]
+    sample: list[list[Any]] | None = None  # a few rows of the training sample, in signature column order
+
+
+SAMPLE_ROWS = 5
+"""Rows of the sample input kept in the model directory, to time predict on real data."""
 
 
 def _versions(packages: Sequence[str]) -> dict[str, str | None]:
@@ -79,6 +84,7 @@ def save_model(
     sig = signature.infer_signature(
         sample_input, lambda X, columns: impl.predict(model, X, columns), input_names=input_names
     )
+    sample = signature.to_array(sig, sample_input)[:SAMPLE_ROWS].tolist()  # what the latency gate times
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{dest.name}-"))
     try:
@@ -88,6 +94,7 @@ def save_model(
             "flavor": flavor,
             "artifact": artifact,
             "signature": sig,
+            "sample": sample,
             "environment": {"python": platform.python_version(), "packages": _versions(impl.PACKAGES)},
         }
         (staging / METADATA_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
@@ -126,11 +133,14 @@ def read_metadata(path: str | Path) -> ModelMetadata:
         raise ConveyorError(f"{file} lacks 'flavor' or 'artifact'; save the model again") from None
     if not isinstance(artifact, str) or "/" in artifact or artifact.startswith("."):
         raise ConveyorError(f"{file}: artifact {artifact!r} must be a plain file name in the model directory")
+    sample = document.get("sample")
+    valid_sample = isinstance(sample, list) and bool(sample) and all(isinstance(row, list) for row in sample)
     return ModelMetadata(
         flavor=str(flavor),
         artifact=artifact,
         signature=check_signature(document.get("signature"), str(file)),
         environment=environment if isinstance(environment, dict) else {},
+        sample=sample if valid_sample else None,
     )
 
 
