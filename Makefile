@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench bench-serving lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ lint: $(STAMP)  ## Type-check the package (strict).
 
 bench: $(STAMP)  ## Benchmarks; results go to benchmarks/RESULTS.md.
 	$(BIN)/python benchmarks/noop_run.py
+
+bench-serving: $(STAMP)  ## Serving throughput vs MLflow and bare Starlette (needs wrk; installs MLflow once).
+	$(BIN)/python benchmarks/serving.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
