@@ -75,8 +75,8 @@ def test_save_replaces_and_leaves_no_temp_dirs(saved: Path, iris: Any) -> None:
 def test_save_rejects_a_non_model_and_leaves_nothing(tmp_path: Path, iris: Any) -> None:
     with pytest.raises(ConveyorError, match="no predict method"):
         save_model(object(), tmp_path / "m", iris[0][:2])
-    with pytest.raises(ConveyorError, match="unknown model flavor 'onnx'"):
-        save_model(object(), tmp_path / "m", iris[0][:2], flavor="onnx")
+    with pytest.raises(ConveyorError, match="unknown model flavor 'torch'; supported flavors: onnx, pyfunc, sklearn"):
+        save_model(object(), tmp_path / "m", iris[0][:2], flavor="torch")
     assert list(tmp_path.iterdir()) == []
 
 

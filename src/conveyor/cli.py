@@ -760,7 +760,17 @@ def models_lineage(ref: str, as_json: bool) -> None:
 @click.argument("ref")
 @click.option("--host", default=defaults.HOST, show_default=True, help="Interface to bind.")
 @click.option("--port", type=click.IntRange(1, 65535), default=defaults.PORT, show_default=True, help="Port to bind.")
-def serve(ref: str, host: str, port: int) -> None:
+@click.option("--workers", type=click.IntRange(1, 64), default=defaults.WORKERS, show_default=True,
+              help="Processes sharing the socket.")
+@click.option("--batching/--no-batching", default=True, show_default=True,
+              help="Coalesce concurrent requests into one predict call.")
+@click.option("--max-batch-rows", type=click.IntRange(1), default=defaults.MAX_BATCH_ROWS, show_default=True,
+              help="Most rows in one batched predict.")
+@click.option("--max-wait-ms", type=click.FloatRange(0), default=defaults.MAX_BATCH_WAIT_MS, show_default=True,
+              help="Longest wait for more requests to batch.")
+@click.option("--access-log", is_flag=True, help="One JSON line per request on the conveyor.access logger.")
+def serve(ref: str, host: str, port: int, workers: int, batching: bool, max_batch_rows: int, max_wait_ms: float,
+          access_log: bool) -> None:
     """Serve a model version over HTTP in the foreground (Ctrl-C stops it).
 
     REF is NAME, NAME@VERSION or NAME@ALIAS. The management endpoint
@@ -775,8 +785,12 @@ def serve(ref: str, host: str, port: int) -> None:
     from conveyor.serving.server import serve as serve_model
 
     project = Project.find()
+    from conveyor.serving.server import ServingOptions
+
+    options = ServingOptions(workers=workers, batching=batching, max_batch_rows=max_batch_rows,
+                             max_wait_ms=max_wait_ms, access_log=access_log)
     serve_model(project, ref, host=host, port=port, registry_url=_registry_url(project),
-                token=os.environ.get("CONVEYOR_SERVER_TOKEN") or None)
+                token=os.environ.get("CONVEYOR_SERVER_TOKEN") or None, options=options)
 
 
 @main.group(invoke_without_command=True)

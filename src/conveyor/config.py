@@ -76,7 +76,7 @@ class ModelConfig:
 
     name: str
     path: _Path
-    flavor: Literal["sklearn"] = "sklearn"
+    flavor: Literal["sklearn", "onnx", "pyfunc"] = "sklearn"
 
     def __post_init__(self) -> None:
         _require_text(path=self.path)

@@ -39,3 +39,13 @@ LOG_TAIL_LINES = 20
 
 PRODUCTION_ALIAS = "production"
 """Alias the line promotes to and the local server follows."""
+
+WORKERS = 1
+"""Server processes sharing the listening socket (`conveyor serve --workers`). One by default:
+a hot reload reaches every worker, but only eventually (through the parent) when there are several."""
+
+MAX_BATCH_ROWS = 64
+"""Most rows the micro-batcher puts in one predict call."""
+
+MAX_BATCH_WAIT_MS = 2.0
+"""Longest the micro-batcher waits for more requests when others are in flight."""

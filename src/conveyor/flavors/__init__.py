@@ -19,7 +19,11 @@ from conveyor.exceptions import ConveyorError
 if TYPE_CHECKING:
     import numpy as np
 
-FLAVORS = {"sklearn": "conveyor.flavors.sklearn"}
+FLAVORS = {
+    "sklearn": "conveyor.flavors.sklearn",
+    "onnx": "conveyor.flavors.onnx",
+    "pyfunc": "conveyor.flavors.pyfunc",
+}
 """Flavor name -> module implementing it."""
 
 

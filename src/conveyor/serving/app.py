@@ -13,7 +13,7 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +24,16 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from conveyor import defaults
+from conveyor import __version__, defaults
 from conveyor.exceptions import ConveyorError, PayloadError, ServingError
 from conveyor.model import LoadedModel, load_verified
+from conveyor.serving import mlflow_protocol, oip, openapi
+from conveyor.serving.batching import DirectPredictor, MicroBatcher, Predictor
+from conveyor.serving.metrics import ServingMetrics
 from conveyor.signature import parse_payload
 from conveyor.store import ArtifactStore
 
@@ -41,22 +44,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.serving")
 
-INLINE_MAX_ROWS = 64
-"""Requests up to this many rows predict on the event loop; larger ones go to a worker thread.
 
-For small models the thread hand-off costs more than the prediction itself
-(LogisticRegression on iris, one row, 2 CPUs: p50 0.62 ms inline, 1.10 ms via
-the thread pool); a big batch must not stall the other requests.
-"""
-
-
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Served:
     """A model version in memory, ready to answer."""
 
     version: ModelVersion
     model: LoadedModel
     loaded_at: float
+    load_seconds: float = 0.0
+    predictor: Predictor | None = None  # set by the app: micro-batched or direct calls to `model`
 
     def describe(self) -> dict[str, Any]:
         git = self.version.lineage.get("git")
@@ -84,6 +81,7 @@ class ModelSource:
 
     def load(self, version: ModelVersion) -> Served:
         """Materialise, verify, load and warm `version`; raise `ConveyorError` saying why it cannot serve."""
+        started = time.perf_counter()
         try:
             model = load_verified(self.store, self.models_dir, version.digest)
         except ConveyorError:
@@ -96,7 +94,7 @@ class ModelSource:
             raise ServingError(
                 f"{version.ref} loaded but failed its warm-up prediction: {type(exc).__name__}: {exc}"
             ) from exc
-        return Served(version, model, time.time())
+        return Served(version, model, time.time(), load_seconds=time.perf_counter() - started)
 
 
 class _Problem(Exception):
@@ -108,6 +106,30 @@ class _Problem(Exception):
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data), status, headers, media_type="application/json")
+
+
+def _answer(body: Any, served: Served) -> Response:
+    """A prediction response, stamped with the version that made it (not whatever is current by now)."""
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        media_type="application/json",
+        headers={"x-model-version": str(served.version.version)},
+    )
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+def _is_json(media: str) -> bool:
+    return media == "application/json" or media.endswith("+json")
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _Problem(400, f"the body is not valid JSON: {exc}", "body") from None
 
 
 def _predictions(output: np.ndarray) -> Any:
@@ -132,9 +154,19 @@ class ServingApp:
         token: str | None,
         served: Served | None = None,
         max_request_bytes: int = defaults.MAX_REQUEST_BYTES,
+        batching: bool = True,
+        max_batch_rows: int = defaults.MAX_BATCH_ROWS,
+        max_wait_ms: float = defaults.MAX_BATCH_WAIT_MS,
+        metrics: ServingMetrics | None = None,
+        on_reload: Callable[[], None] | None = None,
     ) -> None:
         self.source = source
-        self.current: Served | None = served
+        self.metrics = metrics
+        self._batching = (batching, max_batch_rows, max_wait_ms)
+        self._on_reload = on_reload  # tells sibling worker processes to reload too
+        self.current: Served | None = None
+        if served is not None:
+            self._install(served)
         self.load_error: str | None = None
         self._token = token.encode() if token else None
         self._max_bytes = max_request_bytes
@@ -143,6 +175,18 @@ class ServingApp:
         self._app = Starlette(
             routes=[
                 Route("/predict", self.predict, methods=["POST"]),
+                Route("/invocations", self.invocations, methods=["POST"]),
+                Route("/v2", self.v2_server),
+                Route("/v2/health/live", self.v2_live),
+                Route("/v2/health/ready", self.v2_ready),
+                Route("/v2/models/{name}", self.v2_model),
+                Route("/v2/models/{name}/versions/{version}", self.v2_model),
+                Route("/v2/models/{name}/ready", self.v2_model_ready),
+                Route("/v2/models/{name}/versions/{version}/ready", self.v2_model_ready),
+                Route("/v2/models/{name}/infer", self.v2_infer, methods=["POST"]),
+                Route("/v2/models/{name}/versions/{version}/infer", self.v2_infer, methods=["POST"]),
+                Route("/openapi.json", self.openapi_json),
+                Route("/docs", self.docs),
                 Route("/healthz", self.healthz),
                 Route("/readyz", self.readyz),
                 Route("/version", self.version),
@@ -170,6 +214,26 @@ class ServingApp:
 
     # -- lifecycle ------------------------------------------------------------
 
+    def _install(self, served: Served) -> None:
+        """Give `served` its predictor and make it the one that answers."""
+        batching, max_rows, max_wait_ms = self._batching
+        metrics, version = self.metrics, served.version
+        on_batch = None if metrics is None else (lambda rows: metrics.observe_batch(rows, version=str(version.version)))
+        served.predictor = (MicroBatcher(served.model.predict_array, max_batch_rows=max_rows, max_wait_ms=max_wait_ms,
+                                         on_batch=on_batch)
+                            if batching else DirectPredictor(served.model.predict_array, on_batch=on_batch))
+        if metrics is not None:
+            metrics.set_model(version.name, str(version.version))
+            metrics.observe_load(served.load_seconds)
+        self.current = served
+
+    async def reload_from_signal(self) -> None:
+        """Reload because a sibling worker was asked to (SIGHUP from the parent process)."""
+        try:
+            await self._swap_to_latest()
+        except Exception:  # recorded in load_error, reported by /readyz; the old version keeps serving
+            log.exception("reload of %s asked by a sibling worker failed", self.source.ref)
+
     @asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         if self.current is None:
@@ -177,6 +241,8 @@ class ServingApp:
         yield
         if self._background is not None and not self._background.done():
             self._background.cancel()
+        if self.current is not None and self.current.predictor is not None:
+            await self.current.predictor.close()
 
     async def _first_load(self) -> None:
         try:
@@ -200,7 +266,10 @@ class ServingApp:
                 if previous is None:
                     log.error("cannot serve %s: %s", self.source.ref, self.load_error)
                 raise
-            self.current, self.load_error = served, None
+            self._install(served)
+            self.load_error = None
+            if previous is not None and previous.predictor is not None:
+                await previous.predictor.close()  # answers what it already took, then stops
             old = f"v{previous.version.version}" if previous else "nothing"
             log.info("%s: now serving %s (was %s)", self.source.ref, served.version.ref, old)
             return previous, served
@@ -217,7 +286,7 @@ class ServingApp:
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 404:
-            error = f"no route {request.url.path}; try POST /predict, GET /healthz, /readyz or /version"
+            error = f"no route {request.url.path}; try POST /predict, GET /healthz, /readyz or /version (all: GET /docs)"
         elif exc.status_code == 405:
             error = f"{request.method} is not allowed on {request.url.path}"
         else:
@@ -227,10 +296,14 @@ class ServingApp:
     # -- endpoints -------------------------------------------------------------
 
     async def _read_json(self, request: Request) -> Any:
-        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if media != "application/json" and not media.endswith("+json"):
+        media = _media_type(request)
+        if not _is_json(media):
             shown = f"'{media}'" if media else "none"
             raise _Problem(415, f"expected Content-Type: application/json, got {shown}", "content-type")
+        return _parse_json(await self._read_body(request))
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The request body, refused with a 413 as soon as it is over the limit."""
         declared = request.headers.get("content-length")
         limit = self._max_bytes
         if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -244,37 +317,118 @@ class ServingApp:
                 chunks.append(chunk)
         except ClientDisconnect:
             raise _Problem(400, "the client went away before sending the whole body") from None
-        try:
-            return orjson.loads(b"".join(chunks))
-        except orjson.JSONDecodeError as exc:
-            raise _Problem(400, f"the body is not valid JSON: {exc}", "body") from None
+        return b"".join(chunks)
 
-    async def predict(self, request: Request) -> Response:
+    def _served(self) -> Served:
         served = self.current
         if served is None:
             raise _Problem(503, f"no model is loaded yet for {self.source.ref}; see GET /readyz")
+        return served
+
+    async def _predict(self, served: Served, X: np.ndarray) -> np.ndarray:
+        try:
+            assert served.predictor is not None, "installed with a predictor"
+            return await served.predictor.predict(X)
+        except Exception as exc:
+            log.exception("%s failed to predict", served.version.ref)
+            raise _Problem(500, f"the model failed on this input: {type(exc).__name__}: {exc}") from None
+
+    async def predict(self, request: Request) -> Response:
+        served = self._served()
         payload = await self._read_json(request)
         try:
             X = parse_payload(served.model.signature, payload)
         except PayloadError as exc:
             raise _Problem(422, str(exc), exc.field) from None
-        try:
-            if len(X) <= INLINE_MAX_ROWS:
-                output = served.model.predict_array(X)
-            else:
-                output = await run_in_threadpool(served.model.predict_array, X)
-        except Exception as exc:
-            log.exception("%s failed to predict", served.version.ref)
-            raise _Problem(500, f"the model failed on this input: {type(exc).__name__}: {exc}") from None
+        output = await self._predict(served, X)
         body = {
             "predictions": _predictions(output),
             "model": {"name": served.version.name, "version": served.version.version},
         }
-        return Response(
-            orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
-            media_type="application/json",
-            headers={"x-model-version": str(served.version.version)},
-        )
+        return _answer(body, served)
+
+    async def invocations(self, request: Request) -> Response:
+        """MLflow's scoring endpoint: JSON (four forms) or CSV; errors in MLflow's shape."""
+        try:
+            served = self._served()
+            signature = served.model.signature
+            media = _media_type(request)
+            if media == "text/csv":
+                X = mlflow_protocol.parse_csv(signature, await self._read_body(request))
+            elif _is_json(media):
+                X = mlflow_protocol.parse_json(signature, _parse_json(await self._read_body(request)))
+            else:
+                shown = f"'{media}'" if media else "none"
+                raise _Problem(415, f"Content-Type must be application/json or text/csv, got {shown}")
+            output = await self._predict(served, X)
+        except PayloadError as exc:
+            return _json(mlflow_protocol.error_body(400, str(exc)), 400)
+        except _Problem as exc:
+            message = exc.error if exc.field is None else f"{exc.field}: {exc.error}"
+            return _json(mlflow_protocol.error_body(exc.status, message), exc.status)
+        return _answer(mlflow_protocol.response_body(_predictions(output)), served)
+
+    # -- Open Inference Protocol v2 ---------------------------------------------
+
+    def _oip_served(self, request: Request) -> Served:
+        """The served version if the path names it (`{name}`, optional `{version}`); else a 404."""
+        served = self._served()
+        name, version = request.path_params["name"], request.path_params.get("version")
+        if name != served.version.name:
+            raise _Problem(404, f"model '{name}' is not served here; this server serves '{served.version.name}'")
+        if version is not None and version != str(served.version.version):
+            raise _Problem(404, f"version '{version}' of '{name}' is not served here; "
+                                f"this server serves version {served.version.version}")
+        return served
+
+    async def v2_server(self, request: Request) -> Response:
+        return _json(oip.server_metadata(__version__))
+
+    async def v2_live(self, request: Request) -> Response:
+        return _json({"live": True})
+
+    async def v2_ready(self, request: Request) -> Response:
+        ready = self.current is not None
+        return _json({"ready": ready}, 200 if ready else 503)
+
+    async def v2_model(self, request: Request) -> Response:
+        served = self._oip_served(request)
+        version, model = served.version, served.model
+        return _json(oip.model_metadata(version.name, version.version, model.metadata.flavor, model.signature))
+
+    async def v2_model_ready(self, request: Request) -> Response:
+        served = self._oip_served(request)
+        return _json({"name": served.version.name, "ready": True})
+
+    async def v2_infer(self, request: Request) -> Response:
+        served = self._oip_served(request)
+        try:
+            payload = await self._read_json(request)
+        except _Problem as exc:  # the protocol's errors are {"error": ...} alone
+            raise _Problem(exc.status, exc.error if exc.field in (None, "body") else f"{exc.field}: {exc.error}") from None
+        try:
+            X = oip.parse_infer(served.model.signature, payload)
+        except PayloadError as exc:
+            raise _Problem(400, str(exc)) from None
+        output = await self._predict(served, X)
+        request_id = payload.get("id")  # parse_infer has checked payload is an object
+        dtype = served.model.signature["outputs"]["dtype"]
+        return _answer(oip.infer_response(served.version.name, served.version.version, request_id, output, dtype),
+                       served)
+
+    # -- documentation ---------------------------------------------------------------
+
+    async def openapi_json(self, request: Request) -> Response:
+        served = self._served()
+        version, metadata = served.version, served.model.metadata
+        return _json(openapi.document(version.name, version.version, metadata.signature, metadata.sample))
+
+    async def docs(self, request: Request) -> Response:
+        served = self._served()
+        version, metadata = served.version, served.model.metadata
+        return HTMLResponse(openapi.docs_page(version.name, version.version, metadata.signature, metadata.sample))
+
+    # -- probes and management ----------------------------------------------------
 
     async def healthz(self, request: Request) -> Response:
         return _json({"status": "ok"})
@@ -307,6 +461,8 @@ class ServingApp:
         except Exception as exc:
             log.exception("reload of %s failed", self.source.ref)
             return self._reload_failed(500, f"{type(exc).__name__}: {exc}")
+        if self._on_reload is not None:
+            self._on_reload()
         return _json({
             "model": served.describe(),
             "previous": previous.describe() if previous else None,

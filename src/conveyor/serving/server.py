@@ -3,8 +3,7 @@
 The socket is bound before the model loads, so a taken port fails at once;
 the model loads before the socket listens, so a model that cannot be served
 stops the process with its reason instead of leaving a server that is never
-ready. One worker: the model lives in this process's memory and a reload
-swaps it there.
+ready. Several workers are forked after the model is loaded (see `workers`).
 """
 
 from __future__ import annotations
@@ -13,7 +12,9 @@ import errno
 import logging
 import socket
 import sys
+from dataclasses import dataclass
 
+from conveyor import defaults
 from conveyor.exceptions import ServingError
 from conveyor.project import Project
 
@@ -55,6 +56,17 @@ def _setup_logging() -> None:
         logger.setLevel(logging.INFO)
 
 
+@dataclass(frozen=True)
+class ServingOptions:
+    """How the server runs; defaults in `conveyor.defaults`."""
+
+    workers: int = defaults.WORKERS
+    batching: bool = True
+    max_batch_rows: int = defaults.MAX_BATCH_ROWS
+    max_wait_ms: float = defaults.MAX_BATCH_WAIT_MS
+    access_log: bool = False
+
+
 def serve(
     project: Project,
     ref: str,
@@ -63,15 +75,23 @@ def serve(
     port: int,
     registry_url: str,
     token: str | None,
+    options: ServingOptions = ServingOptions(),
 ) -> None:
     """Serve what `ref` points to on `host`:`port` until SIGINT/SIGTERM.
 
     `token` enables POST /-/reload (re-resolve `ref` and hot-swap); None disables it.
+    With several workers, a reload asked of one reaches the others through
+    the parent process (SIGHUP), a moment later.
     """
+    import asyncio
+    import signal
+
     import uvicorn
 
     from conveyor.registry import Registry
+    from conveyor.serving import workers
     from conveyor.serving.app import ModelSource, ServingApp
+    from conveyor.serving.metrics import MetricsMiddleware, ServingMetrics
     from conveyor.store import ArtifactStore
 
     _setup_logging()
@@ -80,13 +100,30 @@ def serve(
     try:
         source = ModelSource(registry, ArtifactStore(project.cache_dir), project.models_dir, ref)
         served = source.load(source.resolve())
-        app = ServingApp(source, token=token, served=served)
-        config = uvicorn.Config(
-            app, log_level="info", access_log=False, lifespan="on", timeout_graceful_shutdown=5,
-        )
         management = "POST /-/reload enabled" if token else "no token: POST /-/reload disabled"
-        log.info("serving %s (%s) at %s; %s", served.version.ref, ref, url_for(host, port), management)
-        uvicorn.Server(config).run(sockets=[sock])
+        log.info("serving %s (%s) at %s with %d worker(s), batching %s; %s", served.version.ref, ref,
+                 url_for(host, port), options.workers, "on" if options.batching else "off", management)
+
+        def serve_one(listening: socket.socket) -> None:
+            metrics = ServingMetrics()
+            app = ServingApp(source, token=token, served=served, batching=options.batching,
+                             max_batch_rows=options.max_batch_rows, max_wait_ms=options.max_wait_ms,
+                             metrics=metrics, on_reload=workers.notify_all if options.workers > 1 else None)
+            config = uvicorn.Config(
+                MetricsMiddleware(app, metrics, access_log=options.access_log), log_level="info",
+                access_log=False, lifespan="on", timeout_graceful_shutdown=5,
+            )
+            server = uvicorn.Server(config)
+
+            async def main() -> None:
+                loop = asyncio.get_running_loop()
+                loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(app.reload_from_signal()))
+                await server.serve(sockets=[listening])
+
+            with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:  # uvloop when installed
+                runner.run(main())
+
+        workers.run(serve_one, sock, options.workers)
     finally:
         registry.close()
         sock.close()
