@@ -176,7 +176,9 @@ def main() -> None:
         for round_number in range(args.rounds):
             for name, (command, cwd, body, path) in targets.items():
                 url = f"http://127.0.0.1:{port}{path}"
-                with _server(command, url, body, cwd, env):
+                # `mlflow models serve` starts `uvicorn` from PATH: its own venv's
+                server_env = {**env, "PATH": f"{MLFLOW_VENV / 'bin'}{os.pathsep}{env['PATH']}"} if name == "mlflow" else env
+                with _server(command, url, body, cwd, server_env):
                     for connections in (32, 128):
                         _wrk(wrk, url, body, connections, 2, work)  # warm-up
                         measured = _wrk(wrk, url, body, connections, args.duration, work)

@@ -105,6 +105,9 @@ def serve(
                  url_for(host, port), options.workers, "on" if options.batching else "off", management)
 
         def serve_one(listening: socket.socket) -> None:
+            import gc
+
+            gc.freeze()  # what was loaded before serving lives on: keep the collector off it
             metrics = ServingMetrics()
             app = ServingApp(source, token=token, served=served, batching=options.batching,
                              max_batch_rows=options.max_batch_rows, max_wait_ms=options.max_wait_ms,
