@@ -44,8 +44,12 @@ class ServingMetrics:
     request can name the version that actually answered it instead.
     """
 
-    def __init__(self, *, namespace: str = "conveyor") -> None:
+    def __init__(self, *, namespace: str = "conveyor", multiprocess_dir: str | None = None) -> None:
+        """`multiprocess_dir`: where prometheus_client's multiprocess mode keeps every worker's
+        values (PROMETHEUS_MULTIPROC_DIR, set before prometheus_client was imported), so that a
+        scrape answered by any worker counts the requests of all of them."""
         self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess_dir = multiprocess_dir
         self.model = ""
         self.version = ""
         labels = ["model", "version"]
@@ -68,7 +72,7 @@ class ServingMetrics:
         )
         self._loaded_at = Gauge(
             "model_loaded_timestamp_seconds", "When the version being served was swapped in (Unix time).",
-            labels, namespace=namespace, registry=self.registry,
+            labels, namespace=namespace, registry=self.registry, multiprocess_mode="max",
         )
 
     def set_model(self, name: str, version: str | int) -> None:
@@ -104,7 +108,13 @@ class ServingMetrics:
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric, and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(merged), CONTENT_TYPE_LATEST
 
 
 def route_template(scope: Scope) -> str:

@@ -84,9 +84,18 @@ def serve(
     the parent process (SIGHUP), a moment later.
     """
     import asyncio
+    import os
+    import shutil
     import signal
+    import tempfile
 
     import uvicorn
+
+    # Several workers count into shared files, so any of them can answer a scrape for all;
+    # prometheus_client reads this variable when it is first imported, just below.
+    metrics_dir = tempfile.mkdtemp(prefix="conveyor-metrics-") if options.workers > 1 else None
+    if metrics_dir is not None:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
 
     from conveyor.registry import Registry
     from conveyor.serving import workers
@@ -108,7 +117,7 @@ def serve(
             import gc
 
             gc.freeze()  # what was loaded before serving lives on: keep the collector off it
-            metrics = ServingMetrics()
+            metrics = ServingMetrics(multiprocess_dir=metrics_dir)
             app = ServingApp(source, token=token, served=served, batching=options.batching,
                              max_batch_rows=options.max_batch_rows, max_wait_ms=options.max_wait_ms,
                              metrics=metrics, on_reload=workers.notify_all if options.workers > 1 else None)
@@ -130,3 +139,5 @@ def serve(
     finally:
         registry.close()
         sock.close()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
