@@ -85,7 +85,12 @@ def two_workers(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]
         time.sleep(0.1)
     yield url, process
     os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=20)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        pytest.fail("the server did not stop within 30 s of SIGTERM")
 
 
 def _versions_seen(url: str, n: int = 40) -> set[str]:

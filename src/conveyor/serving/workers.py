@@ -34,11 +34,17 @@ def run(serve_one: Callable[[socket.socket], None], sock: socket.socket, workers
     children: dict[int, tuple[int, float]] = {}  # pid -> (slot, started at)
     stopping = False
 
+    handled = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
     def spawn(slot: int) -> None:
+        # Signals wait until the worker has dropped the parent's handlers: one that arrived
+        # in between would run the parent's `forward` inside the worker.
+        signal.pthread_sigmask(signal.SIG_BLOCK, handled)
         pid = os.fork()
         if pid == 0:  # the worker
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for signum in handled:
                 signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
             code = 0
             try:
                 serve_one(sock)
@@ -47,6 +53,7 @@ def run(serve_one: Callable[[socket.socket], None], sock: socket.socket, workers
                 code = 1
             os._exit(code)
         children[pid] = (slot, time.monotonic())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
