@@ -7,6 +7,8 @@ arguments.
 
 from __future__ import annotations
 
+import os
+
 CONFIG_FILE = "conveyor.yaml"
 """Name of the project file at the root of a repository."""
 
@@ -40,9 +42,10 @@ LOG_TAIL_LINES = 20
 PRODUCTION_ALIAS = "production"
 """Alias the line promotes to and the local server follows."""
 
-WORKERS = 1
-"""Server processes sharing the listening socket (`conveyor serve --workers`). One by default:
-a hot reload reaches every worker, but only eventually (through the parent) when there are several."""
+WORKERS = os.cpu_count() or 1
+"""Server processes sharing the listening socket (`conveyor serve --workers`): one per core.
+A reload asked of one worker reaches the others through the parent a moment later, so the
+line's managed local deployment, which checks what a reload answered, runs one."""
 
 MAX_BATCH_ROWS = 64
 """Most rows the micro-batcher puts in one predict call."""

@@ -309,7 +309,10 @@ def _start(project: Project, ref: str, host: str, port: int, registry_url: str, 
         with open(log_path, "ab") as log:
             offset = log.tell()
             process = subprocess.Popen(
-                [sys.executable, "-m", "conveyor", "serve", ref, "--host", host, "--port", str(port)],
+                # One worker: `ensure_serving` checks the reload's answer, and with one process that
+                # answer is what every request sees. (Several workers catch up through the parent.)
+                [sys.executable, "-m", "conveyor", "serve", ref, "--host", host, "--port", str(port),
+                 "--workers", "1"],
                 cwd=project.root, env={**os.environ, TOKEN_ENV: token, REGISTRY_ENV: registry_url},
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
