@@ -22,6 +22,12 @@ from collections.abc import Callable
 
 log = logging.getLogger("conveyor.serving")
 
+_STOP_TIMEOUT_S = 10.0
+"""How long stopping workers may take to finish their requests before they are killed."""
+
+_POLL_S = 0.05
+"""How often the supervisor looks for workers that exited."""
+
 _RESTART_BACKOFF_S = 1.0
 """Pause before replacing a worker that died within a second of starting (no crash loop at full speed)."""
 
@@ -55,8 +61,14 @@ def run(serve_one: Callable[[socket.socket], None], sock: socket.socket, workers
         children[pid] = (slot, time.monotonic())
         signal.pthread_sigmask(signal.SIG_UNBLOCK, handled)
 
+    supervisor = os.getpid()
+
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
+        if os.getpid() != supervisor:  # a worker that still had this handler: act as the default would
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if signum != signal.SIGHUP:
             stopping = True
         for pid in list(children):
@@ -70,11 +82,26 @@ def run(serve_one: Callable[[socket.socket], None], sock: socket.socket, workers
         for slot in range(workers):
             spawn(slot)
         log.info("%d workers share the socket (pids %s)", workers, ", ".join(map(str, children)))
+        stop_deadline: float | None = None
         while children:
+            if stopping and stop_deadline is None:
+                stop_deadline = time.monotonic() + _STOP_TIMEOUT_S
             try:
-                pid, status = os.wait()
+                pid, status = os.waitpid(-1, os.WNOHANG)  # polled: a stop must not wait on a stuck worker
             except ChildProcessError:
                 break
+            if pid == 0:  # no worker has exited
+                if stop_deadline is not None and time.monotonic() > stop_deadline:
+                    log.warning("workers %s did not stop within %.0fs; killing them",
+                                ", ".join(map(str, children)), _STOP_TIMEOUT_S)
+                    for straggler in children:
+                        try:
+                            os.kill(straggler, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                    stop_deadline = float("inf")
+                time.sleep(_POLL_S)
+                continue
             if pid not in children:
                 continue
             slot, started = children.pop(pid)
