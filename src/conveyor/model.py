@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conveyor.exceptions import ConveyorError, IntegrityError
-from conveyor.store import TREE_SUFFIX, ArtifactStore, hash_path
+from conveyor.store import TREE_SUFFIX, ArtifactStore, hash_path, swap_in_dir
 
 if TYPE_CHECKING:
     import numpy as np
@@ -99,13 +99,7 @@ def save_model(
         }
         (staging / METADATA_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
         os.chmod(staging, 0o755)
-        if dest.is_dir():
-            retired = dest.with_name(f".old-{dest.name}-{os.getpid()}")
-            os.replace(dest, retired)
-            os.replace(staging, dest)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, dest)
+        swap_in_dir(staging, dest)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -85,6 +85,19 @@ def atomic_write_text(dest: Path, text: str) -> None:
     _atomic_write_bytes(dest, text.encode("utf-8"))
 
 
+def swap_in_dir(staging: Path, dest: Path) -> None:
+    """Put the complete directory `staging` at `dest` (replacing what is there) with renames,
+    so `dest` is at every moment either the old content or the new."""
+    if dest.is_dir() and not dest.is_symlink():
+        retired = dest.with_name(f".old-{dest.name}-{os.getpid()}")
+        os.replace(dest, retired)
+        os.replace(staging, dest)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        dest.unlink(missing_ok=True)
+        os.replace(staging, dest)
+
+
 class ArtifactStore:
     """Objects under `root` (normally `.conveyor/cache`), addressed by digest."""
 
@@ -188,14 +201,7 @@ class ArtifactStore:
         try:
             for entry in entries:
                 self._copy_verified(entry["digest"], staging / entry["path"], entry["exec"])
-            if dest.is_dir():
-                retired = dest.with_name(f".old-{dest.name}-{os.getpid()}")
-                os.replace(dest, retired)
-                os.replace(staging, dest)
-                shutil.rmtree(retired, ignore_errors=True)
-            else:
-                dest.unlink(missing_ok=True)
-                os.replace(staging, dest)
+            swap_in_dir(staging, dest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
