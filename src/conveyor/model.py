@@ -166,10 +166,13 @@ class LoadedModel:
         return self._flavor.predict(self.model, X, self._columns)
 
     def warm(self) -> None:
-        """Predict once on an input built from the signature, so the first request is not the slow one."""
-        from conveyor.signature import sample_rows
+        """Predict once on the saved sample rows (or, for older model directories, a row built
+        from the signature), so the first request is not the slow one and a model that cannot
+        answer real input is never swapped in."""
+        from conveyor.signature import sample_rows, to_array
 
-        self.predict_array(sample_rows(self.metadata.signature))
+        sample = self.metadata.sample
+        self.predict_array(to_array(self.metadata.signature, sample) if sample else sample_rows(self.metadata.signature))
 
     def __repr__(self) -> str:
         return f"LoadedModel({str(self.path)!r}, flavor={self.metadata.flavor!r})"
