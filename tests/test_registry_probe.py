@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 from urllib.parse import quote
 
@@ -14,6 +15,7 @@ from conveyor.registry import (
     Registry,
     probe,
 )
+from conveyor.registry.migrations import LATEST
 
 # -- probe --------------------------------------------------------------------
 
@@ -78,3 +80,18 @@ def test_probe_tells_a_dirty_build_from_its_committed_twin(sqlite_registry: Regi
     register(sqlite_registry, "d" * 64, lineage={"git": {"commit": "def", "dirty": False}})
     assert probe.registered_version(db_path, "iris", "d" * 64) == 2
     assert probe.registered_version(db_path, "iris", "d" * 64, dirty=True) == 1
+
+
+def test_the_probe_knows_the_schema_the_migrations_end_at() -> None:
+    from conveyor.registry import SCHEMA_VERSION
+
+    assert SCHEMA_VERSION == LATEST
+
+
+def test_the_probe_does_not_read_a_newer_schema(sqlite_registry: Registry, db_path: Path) -> None:
+    version, _ = register(sqlite_registry, "e" * 64)
+    assert probe.registered_version(db_path, "iris", "e" * 64) == version.version
+    with closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute("INSERT INTO schema_version (number, name, applied_at) VALUES (?, 'from the future', ?)",
+                     (LATEST + 1, "2030-01-01 00:00:00"))
+    assert probe.registered_version(db_path, "iris", "e" * 64) is None  # the slow path then refuses it

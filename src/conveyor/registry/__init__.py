@@ -28,6 +28,10 @@ ALIAS_PATTERN = re.compile(r"[a-z][a-z0-9_-]*")
 VERSION_PATTERN = re.compile(r"v?([0-9]+)")
 """A version selector in a reference: `3` or `v3`."""
 
+SCHEMA_VERSION = 3
+"""The newest registry schema this code reads and writes (`migrations.py` ends there).
+Here, free of SQLAlchemy, so the fast-path probe can refuse a newer database too."""
+
 LATEST = "latest"
 """Selector for the newest version; reserved, so no alias can take the name."""
 

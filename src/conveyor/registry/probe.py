@@ -22,6 +22,8 @@ import sqlite3
 from contextlib import closing
 from pathlib import Path
 
+from conveyor.registry import SCHEMA_VERSION
+
 _TIMEOUT_S = 5.0
 """How long a lookup waits for a writer's lock before answering "not known"."""
 
@@ -32,6 +34,9 @@ def _one(db_path: Path, sql: str, parameters: tuple[str | bool, ...]) -> int | N
     uri = db_path.resolve().as_uri() + "?mode=ro"
     try:
         with closing(sqlite3.connect(uri, uri=True, timeout=_TIMEOUT_S)) as conn:
+            (schema,) = conn.execute("SELECT MAX(number) FROM schema_version").fetchone()
+            if schema is None or int(schema) != SCHEMA_VERSION:  # older: to be upgraded; newer: refused
+                return None
             row = conn.execute(sql, parameters).fetchone()
     except sqlite3.Error:
         return None
