@@ -24,6 +24,27 @@ def _git_identity(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(f"GIT_{role}_EMAIL", "tests@conveyor.local")
 
 
+IRIS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+"""Column names of scikit-learn's iris features, as the example project names them."""
+
+
+@pytest.fixture(scope="module")
+def iris() -> tuple[Any, Any]:
+    """scikit-learn's bundled iris data: (features, labels)."""
+    from sklearn.datasets import load_iris
+
+    features, labels = load_iris(return_X_y=True)
+    return features, labels
+
+
+@pytest.fixture(scope="module")
+def classifier(iris: tuple[Any, Any]) -> Any:
+    """A LogisticRegression fitted on iris."""
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=1000).fit(*iris)
+
+
 def git(root: Path, *args: str) -> str:
     """Run git in `root` and return its output."""
     return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True).stdout.strip()

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from conftest import IRIS
 from onnx import TensorProto, helper
 from onnxruntime import InferenceSession
 from skl2onnx import to_onnx
-from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from conveyor import flavors
@@ -23,19 +23,6 @@ from conveyor.config import ModelConfig
 from conveyor.exceptions import ConveyorError
 from conveyor.flavors.pyfunc import BadReference, Reference
 from conveyor.model import METADATA_FILE, load_model, read_metadata, save_model
-
-IRIS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-
-
-@pytest.fixture(scope="module")
-def iris() -> tuple[np.ndarray, np.ndarray]:
-    X, y = load_iris(return_X_y=True)
-    return X, y
-
-
-@pytest.fixture(scope="module")
-def classifier(iris: tuple[np.ndarray, np.ndarray]) -> LogisticRegression:
-    return LogisticRegression(max_iter=1000).fit(*iris)
 
 
 def test_every_flavor_is_a_config_choice() -> None:

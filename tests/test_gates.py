@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+from conftest import commit_all
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import commit_all
 from conveyor import log_metrics, save_model
 from conveyor.config import GateConfig
 from conveyor.exceptions import ConveyorError

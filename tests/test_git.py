@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import commit_all, git
+
 from conveyor import git as git_module
 from conveyor.exceptions import ConveyorError
 

@@ -12,25 +12,19 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_iris
+from conftest import IRIS
 from sklearn.linear_model import LogisticRegression
 
 from conveyor.exceptions import ConveyorError, IntegrityError
-from conveyor.model import METADATA_FILE, load_model, load_verified, materialize, read_metadata, save_model
+from conveyor.model import (
+    METADATA_FILE,
+    load_model,
+    load_verified,
+    materialize,
+    read_metadata,
+    save_model,
+)
 from conveyor.store import ArtifactStore, hash_path
-
-IRIS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-
-
-@pytest.fixture(scope="module")
-def iris() -> tuple[np.ndarray, np.ndarray]:
-    X, y = load_iris(return_X_y=True)
-    return X, y
-
-
-@pytest.fixture(scope="module")
-def classifier(iris: tuple[np.ndarray, np.ndarray]) -> LogisticRegression:
-    return LogisticRegression(max_iter=1000).fit(*iris)
 
 
 @pytest.fixture

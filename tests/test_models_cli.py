@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from conftest import commit_all, git
+
 from conveyor.scaffold import init_project
 
 pytestmark = pytest.mark.slow

@@ -19,6 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
+from test_serving import IRIS, TOKEN, Line, _Server
 
 from conveyor.model import read_metadata, save_model
 from conveyor.project import Project
@@ -26,7 +27,6 @@ from conveyor.registry import Registry
 from conveyor.serving.app import ServingApp
 from conveyor.serving.metrics import MetricsMiddleware, ServingMetrics
 from conveyor.store import ArtifactStore
-from test_serving import IRIS, TOKEN, Line, _Server
 
 pytestmark = pytest.mark.slow
 

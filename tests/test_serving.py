@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from conftest import IRIS
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
@@ -20,7 +21,6 @@ from conveyor.registry import ModelVersion, Registry
 from conveyor.serving.app import ModelSource, ServingApp
 from conveyor.store import ArtifactStore
 
-IRIS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 TOKEN = "s3cret-token"
 ROW = [5.1, 3.5, 1.4, 0.2]
 

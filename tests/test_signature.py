@@ -8,13 +8,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import IRIS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conveyor.exceptions import ConveyorError, PayloadError
-from conveyor.signature import check_signature, infer_signature, parse_payload, sample_rows, to_array
-
-IRIS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+from conveyor.signature import (
+    check_signature,
+    infer_signature,
+    parse_payload,
+    sample_rows,
+    to_array,
+)
 
 
 def _first_column(X: np.ndarray, columns: list[str]) -> np.ndarray:

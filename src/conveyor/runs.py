@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.exceptions import ConveyorError, RunNotFound
+from conveyor.processes import alive
 from conveyor.store import atomic_write_text
 
 # Step statuses: ran, cached (nothing to do), restored (outs copied from cache),
@@ -69,16 +70,6 @@ def _new_id() -> str:
     return f"{now:%Y%m%d-%H%M%S}{now.microsecond // 1000:03d}-{secrets.token_hex(2)}"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunStore:
     """Runs of one project, under `root` (normally `.conveyor/runs`)."""
 
@@ -113,7 +104,7 @@ class RunStore:
             run = Run(**data, steps=steps)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ConveyorError(f"the record of run {run_id} ({path}) is unreadable: {exc}") from None
-        if run.status == "running" and not _alive(run.pid):
+        if run.status == "running" and not alive(run.pid):
             run.status = "interrupted"  # its process died without finishing the record
             for step in run.steps:
                 if step.status == "running":

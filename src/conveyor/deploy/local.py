@@ -33,6 +33,7 @@ from typing import Any
 
 from conveyor import defaults
 from conveyor.exceptions import ServingError
+from conveyor.processes import alive
 from conveyor.project import Project
 from conveyor.serving.server import url_for
 from conveyor.store import atomic_write_text
@@ -92,19 +93,6 @@ def _request(host: str, port: int, method: str, path: str, *, token: str | None 
     except ValueError:
         body = {"error": raw[:200].decode("utf-8", "replace")}
     return response.status, body if isinstance(body, dict) else {"error": str(body)}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) is not alive
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _is_our_server(pid: int) -> bool:
@@ -174,7 +162,7 @@ def _live_state(project: Project) -> dict[str, Any] | None:
     state = _read_state(project)
     if state is None:
         return None
-    if _alive(state["pid"]) and _is_our_server(state["pid"]):
+    if alive(state["pid"]) and _is_our_server(state["pid"]):
         return state
     project.server_state_path.unlink(missing_ok=True)
     return None
@@ -199,7 +187,7 @@ def current(project: Project) -> Deployment | None:
 
 def _wait_gone(pid: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
-    while _alive(pid):
+    while alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
