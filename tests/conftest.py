@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,18 @@ import pytest
 import sqlalchemy as sa
 
 from conveyor.registry import ModelVersion, Registry
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Let the processes the tests start take Ctrl-C, whoever started the tests.
+
+    A shell that starts a command in the background without job control makes it
+    ignore SIGINT, and an ignored signal stays ignored across exec: the tests that
+    interrupt a run or a server start would then wait for an exit that never comes.
+    A handler, unlike an ignore, is reset to the default at exec.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
