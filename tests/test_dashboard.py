@@ -361,6 +361,20 @@ def test_request_rate_error_rate_and_p99_from_the_servers_metrics() -> None:
     assert window.window_s == pytest.approx(10.0)
 
 
+def test_live_numbers_cover_about_the_last_minute_and_survive_a_restart() -> None:
+    scrapes = live.Scrapes(window_s=60.0)
+    at = {0.1: 0.0, float("inf"): 0.0}
+    assert scrapes.record("u", live.Counts(0.0, 0, 0, at)).window_s is None  # first: the server's whole life
+    scrapes.record("u", live.Counts(5.0, 10, 0, {0.1: 10.0, float("inf"): 10.0}))
+    quiet = scrapes.record("u", live.Counts(10.0, 10, 0, {0.1: 10.0, float("inf"): 10.0}))
+    assert quiet.window_s == 10.0 and quiet.requests_per_s == 1.0  # the burst stays in view
+    for t in range(15, 100, 5):
+        later = scrapes.record("u", live.Counts(float(t), 10, 0, {0.1: 10.0, float("inf"): 10.0}))
+    assert later.window_s is not None and 60.0 <= later.window_s < 65.0 and later.requests_per_s == 0.0
+    restarted = scrapes.record("u", live.Counts(100.0, 3, 0, {0.1: 3.0, float("inf"): 3.0}))
+    assert restarted.window_s is None and restarted.requests == 3
+
+
 def test_quantile_interpolates_within_a_bucket() -> None:
     buckets = {0.1: 0.0, 0.2: 100.0, float("inf"): 100.0}
     assert live.quantile(buckets, 0.5) == pytest.approx(0.15)

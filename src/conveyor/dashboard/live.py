@@ -9,9 +9,9 @@ the record, since the dashboard changes nothing.
 
 Request rate, error rate and p99 latency come from the server's Prometheus
 text, parsed with prometheus_client's parser: the rate and the window's
-error rate and p99 are the difference between this scrape and the one before
-(a `Scrapes` keeps the last per server), or the whole life of the server on
-the first scrape.
+error rate and p99 are the difference between this scrape and one about a
+minute old (a `Scrapes` keeps the recent ones per server), or the whole life
+of the server on the first scrape.
 """
 
 from __future__ import annotations
@@ -187,11 +187,16 @@ def numbers(url: str, now: Counts, before: Counts | None) -> Numbers:
                    p99_ms=None if p99 is None else p99 * 1000.0, requests=now.requests, window_s=window)
 
 
-class Scrapes:
-    """The last scrape of each server, so that the next one can tell a rate (shared by the app's requests)."""
+WINDOW_S = 60.0
+"""The live numbers cover about the last minute: long enough that a burst stays visible between refreshes."""
 
-    def __init__(self) -> None:
-        self._last: dict[str, Counts] = {}
+
+class Scrapes:
+    """Recent scrapes of each server, so that the next one can tell a rate (shared by the app's requests)."""
+
+    def __init__(self, window_s: float = WINDOW_S) -> None:
+        self.window_s = window_s
+        self._samples: dict[str, list[Counts]] = {}
         self._lock = threading.Lock()
 
     def scrape(self, url: str) -> Numbers:
@@ -204,8 +209,18 @@ class Scrapes:
             now = parse_counts(body.decode("utf-8", "replace"), time.monotonic())
         except (OSError, http.client.HTTPException, ValueError) as exc:
             return Numbers(url, None, None, None, 0.0, None, error=f"cannot read {url}/metrics: {exc}")
+        return self.record(url, now)
+
+    def record(self, url: str, now: Counts) -> Numbers:
+        """Add a scrape of `url` and compare it with the one about a window earlier."""
         with self._lock:
-            before = self._last.get(url)
-            self._last[url] = now
+            samples = self._samples.setdefault(url, [])
+            if samples and now.requests < samples[-1].requests:
+                samples.clear()  # counters went down: the server restarted
+            samples.append(now)
+            # Keep the newest sample at least a window old as the baseline, and what came after it.
+            while len(samples) > 2 and now.at - samples[1].at >= self.window_s:
+                samples.pop(0)
+            before = samples[0] if len(samples) > 1 else None
         return numbers(url, now, before)
 
