@@ -245,6 +245,12 @@ def test_every_answer_carries_a_strict_content_security_policy(seeded: Seeded) -
     assert seeded.get("/static/live.js").text.startswith("// Conveyor dashboard")
 
 
+def test_a_page_asked_for_under_another_host_name_is_refused(seeded: Seeded) -> None:
+    # A site whose name was re-pointed at 127.0.0.1 (DNS rebinding) must not read the dashboard.
+    assert seeded.get("/api/models", headers={"Host": "attacker.example"}).status_code == 400
+    assert seeded.get("/api/models", headers={"Host": "localhost:8100"}).status_code == 200
+
+
 def test_reading_every_page_changes_neither_the_registry_nor_the_run_store(seeded: Seeded) -> None:
     paths = ["/", "/runs", "/runs?page=2", "/runs?page=99", f"/runs/{FAILED_RUN}", "/models", "/models/iris",
              "/models/iris?page=2", "/models/iris/1", "/models/iris/4?against=1", "/deployments", "/login",

@@ -70,11 +70,18 @@ class Example:
 def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Example]:
     """The iris example after a passing and a gate-failing run, its dashboard running with --auth."""
     root = tmp_path_factory.mktemp("browser") / "iris"
-    init_project(root, "iris")
     port = _free_port()
     env = {"CONVEYOR_PORT": str(port), "CONVEYOR_REGISTRY_URL": "",
            **{f"GIT_{role}_{key}": value for role in ("AUTHOR", "COMMITTER")
               for key, value in (("NAME", "Conveyor Tests"), ("EMAIL", "tests@conveyor.local"))}}
+    with pytest.MonkeyPatch.context() as patch:  # a git identity for the commits, on a machine without one
+        for key, value in env.items():
+            patch.setenv(key, value)
+        yield from _example(root, env, port)
+
+
+def _example(root: Path, env: dict[str, str], port: int) -> Iterator[Example]:
+    init_project(root, "iris")
     ui: UI | None = None
     try:
         _conveyor(root, env, "run")

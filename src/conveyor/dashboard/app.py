@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, quote
 import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -259,8 +260,27 @@ class _Guard:
         await self.app(scope, receive, secured)
 
 
-def create_app(sources: pages.Sources, token: str | None) -> ASGIApp:
-    """The dashboard for `sources`; with `token`, every page but the login form needs it."""
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+"""Host headers a dashboard bound to loopback answers to."""
+
+
+def create_app(sources: pages.Sources, token: str | None, *, hosts: list[str] | None = None) -> ASGIApp:
+    """The dashboard for `sources`; with `token`, every page but the login form needs it.
+
+    `hosts`: the Host headers to answer (others get a 400), so that a web page
+    whose name is re-pointed at 127.0.0.1 (DNS rebinding) cannot read a
+    dashboard on loopback; None answers any (a dashboard bound to a public address).
+    """
     dashboard = Dashboard(sources, token)
-    return _Guard(dashboard.app, dashboard)
+    guarded: ASGIApp = _Guard(dashboard.app, dashboard)
+    if hosts is not None:
+        guarded = TrustedHostMiddleware(guarded, allowed_hosts=hosts)
+    return guarded
+
+
+def hosts_for(bound: str) -> list[str] | None:
+    """The Host headers to accept for a dashboard bound to `bound`: loopback names on loopback, else any."""
+    if bound in ("127.0.0.1", "localhost", "::1") or bound.startswith("127."):
+        return sorted({*LOOPBACK_NAMES, bound})
+    return None
 

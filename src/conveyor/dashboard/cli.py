@@ -62,11 +62,16 @@ def ui(host: str, port: int | None, use_auth: bool) -> None:
       conveyor ui --port 8100 --auth
       curl -s localhost:8100/api/models
     """
-    import uvicorn
+    try:
+        import jinja2  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        raise ConveyorError(f"the dashboard needs {exc.name}: pip install 'conveyor-ml[ui]'") from None
 
     from conveyor import auth
     from conveyor.cli import _registry_url
-    from conveyor.dashboard.app import create_app
+    from conveyor.dashboard.app import create_app, hosts_for
     from conveyor.dashboard.live import Scrapes
     from conveyor.dashboard.pages import Sources
     from conveyor.dashboard.reader import RegistryReader
@@ -93,7 +98,7 @@ def ui(host: str, port: int | None, use_auth: bool) -> None:
         where = TOKEN_ENV if os.environ.get(TOKEN_ENV) else str(token_path(project))
         click.echo(f"Login needs the token in {where}")
     sys.stdout.flush()
-    config = uvicorn.Config(create_app(sources, token), log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(create_app(sources, token, hosts=hosts_for(host)), log_level="warning", access_log=False, lifespan="off")
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

@@ -143,8 +143,12 @@ class RegistryReader:
         if not self._exists():
             return True
         assert self._engine is not None
-        with self._engine.connect() as conn:
-            return not sa.inspect(conn).has_table(model_versions.name)
+        try:
+            with self._engine.connect() as conn:
+                return not sa.inspect(conn).has_table(model_versions.name)
+        except sa.exc.DBAPIError as exc:
+            raise ConveyorError(f"cannot read the registry at {self._where}: "
+                                f"{' '.join(str(exc.orig).split())}") from None
 
     # -- models ---------------------------------------------------------------
 
