@@ -30,3 +30,7 @@ bench-serving: $(STAMP)  ## Serving throughput vs MLflow and bare Starlette (nee
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+.PHONY: bench-dashboard
+bench-dashboard: $(STAMP)  ## Dashboard page loads on 10,000 runs and 1,000 versions, paginated vs unpaginated.
+	$(BIN)/python benchmarks/dashboard.py

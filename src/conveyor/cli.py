@@ -831,3 +831,9 @@ def deployments_stop() -> None:
 
     stopped = local.stop(Project.find())
     console.print("Nothing was running." if stopped is None else f"Stopped {stopped.name}@{stopped.version} (pid {stopped.pid}).")
+
+
+# -- ui ---------------------------------------------------------------------------------------
+from conveyor.dashboard.cli import ui  # noqa: E402  (a command of its own module, registered here)
+
+main.add_command(ui)

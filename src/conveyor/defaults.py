@@ -52,3 +52,9 @@ MAX_BATCH_ROWS = 64
 
 MAX_BATCH_WAIT_MS = 2.0
 """Longest the micro-batcher waits for more requests when others are in flight."""
+
+UI_PORT = 8100
+"""Port of the dashboard (`conveyor ui`)."""
+
+UI_HOST = "127.0.0.1"
+"""Interface the dashboard binds to; loopback unless asked, as it shows the whole project."""
