@@ -844,3 +844,6 @@ def deployments_stop() -> None:
 from conveyor.ci.cli import ci  # noqa: E402
 
 main.add_command(ci)
+from conveyor.report.cli import report  # noqa: E402
+
+main.add_command(report)
