@@ -847,3 +847,6 @@ main.add_command(ci)
 from conveyor.report.cli import report  # noqa: E402
 
 main.add_command(report)
+from conveyor.triggers.cli import hooks  # noqa: E402
+
+main.add_command(hooks)
