@@ -850,3 +850,6 @@ main.add_command(report)
 from conveyor.triggers.cli import hooks  # noqa: E402
 
 main.add_command(hooks)
+from conveyor.triggers.cli import watch  # noqa: E402
+
+main.add_command(watch)

@@ -52,3 +52,6 @@ MAX_BATCH_ROWS = 64
 
 MAX_BATCH_WAIT_MS = 2.0
 """Longest the micro-batcher waits for more requests when others are in flight."""
+
+WATCH_INTERVAL_S = 30.0
+"""How often `conveyor watch` looks for new commits on the branch."""

@@ -50,11 +50,12 @@ def ci_branch(environ: Mapping[str, str]) -> str | None:
     """The branch a CI engine built, from its variables: GitLab and Jenkins check out a
     detached commit, so without this their runs could never promote.
 
-    GitLab sets CI_COMMIT_BRANCH (not for tags or merge requests), Jenkins'
-    multibranch pipelines BRANCH_NAME, GitHub GITHUB_REF_NAME, which names a
-    branch only when GITHUB_REF_TYPE is `branch`.
+    CONVEYOR_BRANCH is Conveyor's own (`conveyor watch` sets it for its
+    worktree); GitLab sets CI_COMMIT_BRANCH (not for tags or merge requests),
+    Jenkins' multibranch pipelines BRANCH_NAME, GitHub GITHUB_REF_NAME, which
+    names a branch only when GITHUB_REF_TYPE is `branch`.
     """
-    for name in ("CI_COMMIT_BRANCH", "BRANCH_NAME"):
+    for name in ("CONVEYOR_BRANCH", "CI_COMMIT_BRANCH", "BRANCH_NAME"):
         if environ.get(name, "").strip():
             return environ[name].strip()
     if environ.get("GITHUB_REF_TYPE") == "branch" and environ.get("GITHUB_REF_NAME", "").strip():

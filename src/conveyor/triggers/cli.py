@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from conveyor import defaults
+
 if TYPE_CHECKING:
     from conveyor.triggers.hooks import HookName
 
@@ -63,3 +65,47 @@ def hooks_uninstall(pre_push: bool) -> None:
     words = {"removed": "removed", "restored": "removed; your own hook is back at", "absent": "no hook at",
              "foreign": "left alone (not Conveyor's):"}
     click.echo(f"  {words[change.action]} {change.hook}")
+
+
+@click.command("watch")
+@click.option("--branch", default=None, help="Branch to follow (default: triggers.branch).")
+@click.option("--remote", default=None, help="Fetch the branch from this remote (e.g. origin) instead of reading the local one.")
+@click.option("--interval", "interval_s", type=click.FloatRange(1), default=None,
+              help=f"Seconds between looks (default {defaults.WATCH_INTERVAL_S:g}).")
+@click.option("--once", is_flag=True, help="Look once, run what is new, and exit (for cron or a test).")
+def watch(branch: str | None, remote: str | None, interval_s: float | None, once: bool) -> None:
+    """Run the line for every new commit on a branch, in order, and on triggers.schedule.
+
+    Commits run in the watcher's own worktree (your checkout is untouched); a
+    restarted watcher skips what it already ran.
+
+    \b
+    Examples:
+      conveyor watch
+      conveyor watch --branch main --remote origin --interval 60
+      conveyor watch --once
+    """
+    import os
+    import threading
+
+    from conveyor import config as config_module
+    from conveyor.project import Project
+    from conveyor.triggers.watch import Outcome, Watcher, environment
+
+    project = Project.find()
+    config = config_module.load(project.root, project.state_dir)
+
+    def report(outcome: Outcome) -> None:
+        verdict = click.style("passed", fg="green") if outcome.exit_code == 0 else click.style("failed", fg="red")
+        click.echo(f"  {outcome.trigger}: {outcome.commit[:10]} {verdict}")
+
+    watcher = Watcher(project.root, branch=branch or config.triggers.branch, remote=remote,
+                      schedule=config.triggers.schedule, env=environment(os.environ), on_outcome=report)
+    source = f"{remote}/{watcher.branch}" if remote else watcher.branch
+    if once:
+        if not watcher.tick():
+            click.echo(f"  nothing new on {source}")
+        return
+    click.echo(f"watching {source} every {interval_s or defaults.WATCH_INTERVAL_S:g} s"
+               f"{f', retraining on {watcher.schedule}' if watcher.schedule else ''}; Ctrl-C stops")
+    watcher.loop(interval_s or defaults.WATCH_INTERVAL_S, threading.Event())
