@@ -73,7 +73,9 @@ def hooks_uninstall(pre_push: bool) -> None:
 @click.option("--interval", "interval_s", type=click.FloatRange(1), default=None,
               help=f"Seconds between looks (default {defaults.WATCH_INTERVAL_S:g}).")
 @click.option("--once", is_flag=True, help="Look once, run what is new, and exit (for cron or a test).")
-def watch(branch: str | None, remote: str | None, interval_s: float | None, once: bool) -> None:
+@click.option("--webhook", metavar="HOST:PORT", default=None,
+              help="Receive GitHub/GitLab push events here instead of polling (secret: CONVEYOR_WEBHOOK_SECRET).")
+def watch(branch: str | None, remote: str | None, interval_s: float | None, once: bool, webhook: str | None) -> None:
     """Run the line for every new commit on a branch, in order, and on triggers.schedule.
 
     Commits run in the watcher's own worktree (your checkout is untouched); a
@@ -84,6 +86,7 @@ def watch(branch: str | None, remote: str | None, interval_s: float | None, once
       conveyor watch
       conveyor watch --branch main --remote origin --interval 60
       conveyor watch --once
+      CONVEYOR_WEBHOOK_SECRET=… conveyor watch --webhook 0.0.0.0:9000 --remote origin
     """
     import os
     import threading
@@ -102,6 +105,22 @@ def watch(branch: str | None, remote: str | None, interval_s: float | None, once
     watcher = Watcher(project.root, branch=branch or config.triggers.branch, remote=remote,
                       schedule=config.triggers.schedule, env=environment(os.environ), on_outcome=report)
     source = f"{remote}/{watcher.branch}" if remote else watcher.branch
+    if webhook is not None:
+        from conveyor.exceptions import ConveyorError
+        from conveyor.triggers.webhook import serve
+
+        host, _, port_text = webhook.rpartition(":")
+        if not host or not port_text.isdigit() or int(port_text) > 65535:
+            raise ConveyorError(f"--webhook {webhook}: give HOST:PORT, such as 127.0.0.1:9000")
+
+        def listening(bound_host: str, bound_port: int) -> None:
+            click.echo(f"listening on http://{bound_host}:{bound_port}/ for pushes to {source}; Ctrl-C stops",
+                       nl=True)
+            sys.stdout.flush()
+
+        serve(watcher, host.strip("[]"), int(port_text), os.environ.get("CONVEYOR_WEBHOOK_SECRET", ""),
+              threading.Event(), on_listen=listening)
+        return
     if once:
         if not watcher.tick():
             click.echo(f"  nothing new on {source}")

@@ -131,7 +131,8 @@ class Watcher:
         done = subprocess.run(argv, cwd=project, env=env, check=False)
         return Outcome(commit, trigger, done.returncode)
 
-    def _schedule_due(self, now: float) -> bool:
+    def schedule_due(self, now: float) -> bool:
+        """Whether a scheduled retrain is due at `now`; the first call only sets the next time."""
         if self.schedule is None:
             return False
         from croniter import croniter
@@ -153,7 +154,7 @@ class Watcher:
             self._mark_done(commit)
             self.on_outcome(outcome)
             outcomes.append(outcome)
-        if self._schedule_due(time.time() if now is None else now):
+        if self.schedule_due(time.time() if now is None else now):
             outcome = self.run_commit(tip, trigger="schedule", force=True)
             self.on_outcome(outcome)
             outcomes.append(outcome)
