@@ -118,6 +118,11 @@ class Queue:
         return sorted(p for p in self.directory.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # a flood of pushes waits in the backlog instead of being refused and retried
+
+
 def _handler(secret: str, branch: str, queue: Queue, wake: threading.Event) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "conveyor-webhook"
@@ -162,10 +167,9 @@ def serve(watcher: Watcher, host: str, port: int, secret: str, stop: threading.E
     queue = Queue(watcher.state_dir / "queue")
     wake = threading.Event()
     try:
-        server = ThreadingHTTPServer((host, port), _handler(secret, watcher.branch, queue, wake))
+        server = _Server((host, port), _handler(secret, watcher.branch, queue, wake))
     except OSError as exc:
         raise ConveyorError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    server.daemon_threads = True
     receiver = threading.Thread(target=server.serve_forever, name="webhook", daemon=True)
     receiver.start()
     if on_listen is not None:
