@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def _runs(root: Path) -> list[dict[str, object]]:
 
 
 @pytest.fixture
-def iris(tmp_path: Path) -> Path:
+def iris(tmp_path: Path) -> Iterator[Path]:
     """The iris example, releasing from another branch so runs on main register and start no server."""
     from conveyor.scaffold import init_project
 
@@ -35,7 +36,9 @@ def iris(tmp_path: Path) -> Path:
     config = root / "conveyor.yaml"
     config.write_text(config.read_text().replace("  branch: main\n", "  branch: release\n"))
     commit_all(root, "release from the release branch")
-    return root
+    yield root
+    subprocess.run([sys.executable, "-m", "conveyor", "deployments", "stop"], cwd=root, capture_output=True,
+                   check=False, timeout=120)  # none should have started; never leave one behind
 
 
 def test_each_new_commit_runs_once_in_order_and_a_restart_skips_what_is_done(iris: Path) -> None:

@@ -89,6 +89,9 @@ def receiver(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     config = root / "conveyor.yaml"  # release from another branch: runs on main register and start no server
     config.write_text(config.read_text().replace("  branch: main\n", "  branch: release\n"))
     commit_all(root, "release from the release branch")
+    readme = root / "README.md"
+    readme.write_text(readme.read_text() + "\nanother commit, so HEAD and HEAD~1 both release from elsewhere\n")
+    commit_all(root, "another commit")
     env = {**os.environ, "CONVEYOR_WEBHOOK_SECRET": SECRET}
     process = subprocess.Popen([sys.executable, "-m", "conveyor", "watch", "--branch", "main", "--webhook",
                                 "127.0.0.1:0"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -112,6 +115,8 @@ def receiver(tmp_path: Path) -> Iterator[tuple[Path, str]]:
             pid = int(str(record["pid"]))
             if record["status"] == "running" and alive(pid):
                 os.kill(pid, signal.SIGTERM)
+        subprocess.run([sys.executable, "-m", "conveyor", "deployments", "stop"], cwd=root, capture_output=True,
+                       check=False, timeout=120)  # none should have started; never leave one behind
 
 
 def _post(url: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:

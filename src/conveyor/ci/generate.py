@@ -97,7 +97,7 @@ def render(root: Path, engine: Engine, *, deploy: bool = False) -> Generated:
         requirements=requirements,
         install=install,
         # the report, and the model's metadata (signature, metrics), not its weights
-        archive=f"conveyor-report/**, {model_dir}/*.json, {model_dir}/**/*.json",
+        archive=f".conveyor/report/**, {model_dir}/*.json, {model_dir}/**/*.json",
         on_branch_gitlab=f"$CI_COMMIT_BRANCH == {json.dumps(config.triggers.branch)} "
                          '&& $CI_PIPELINE_SOURCE != "merge_request_event"',
     )
