@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-serving lint clean
+.PHONY: demo test bench bench-serving bench-triggers lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ bench: $(STAMP)  ## Benchmarks; results go to benchmarks/RESULTS.md.
 
 bench-serving: $(STAMP)  ## Serving throughput vs MLflow and bare Starlette (needs wrk; installs MLflow once).
 	$(BIN)/python benchmarks/serving.py
+
+bench-triggers: $(STAMP)  ## Trigger costs: commit with/without the hook, signed webhook push, a flood of pushes.
+	$(BIN)/python benchmarks/triggers.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

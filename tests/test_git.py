@@ -51,3 +51,46 @@ def test_not_a_repository_and_no_commits(tmp_path: Path) -> None:
     git(tmp_path, "init", "-q")
     with pytest.raises(ConveyorError, match="no commits yet"):
         git_module.state(tmp_path)
+
+
+def test_ci_branch_comes_from_the_engines_variables() -> None:
+    from conveyor.git import ci_branch
+
+    assert ci_branch({"CI_COMMIT_BRANCH": "main"}) == "main"
+    assert ci_branch({"BRANCH_NAME": "release"}) == "release"
+    assert ci_branch({"GITHUB_REF_TYPE": "branch", "GITHUB_REF_NAME": "main"}) == "main"
+    assert ci_branch({"GITHUB_REF_TYPE": "tag", "GITHUB_REF_NAME": "v1.0"}) is None  # a tag is not a branch
+    assert ci_branch({"CI_COMMIT_BRANCH": " ", "HOME": "/root"}) is None
+
+
+def test_a_detached_ci_checkout_takes_the_branch_the_engine_names(tmp_repo: Path) -> None:
+    from conveyor.git import state
+
+    head = git(tmp_repo, "rev-parse", "HEAD")
+    assert state(tmp_repo, detached_branch="release").branch == "main"  # a checked-out branch wins
+    git(tmp_repo, "checkout", "-q", "--detach", head)
+    assert state(tmp_repo).branch is None
+    detached = state(tmp_repo, detached_branch="main")
+    assert (detached.branch, detached.commit) == ("main", head)
+
+
+@pytest.mark.slow
+def test_a_gitlab_run_on_a_detached_commit_records_and_promotes_on_its_branch(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conveyor.scaffold import init_project
+
+    tmp_repo = tmp_path / "iris"
+    init_project(tmp_repo, "iris")
+    git(tmp_repo, "checkout", "-q", "--detach", "HEAD")
+    env = {**os.environ, "CI_COMMIT_BRANCH": "main", "CONVEYOR_TRIGGER": "ci"}
+    done = subprocess.run([sys.executable, "-m", "conveyor", "run", "--no-deploy", "--json"], cwd=tmp_repo, env=env,
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert (record["branch"], record["trigger"], record["status"]) == ("main", "ci", "passed")
+    promote = next(step for step in record["steps"] if step["name"] == "promote")
+    assert promote["status"] == "ran", promote

@@ -245,6 +245,7 @@ def run(force: bool, jobs: int, allow_dirty: bool, wait_s: float, no_deploy: boo
         registry_url=os.environ.get("CONVEYOR_REGISTRY_URL") or None, force=force, jobs=jobs,
         allow_dirty=allow_dirty, wait_s=wait_s, deploy=not no_deploy,
         port=port or _env_port(), trigger=os.environ.get("CONVEYOR_TRIGGER", "manual"), actor=_actor_from_env(),
+        ci_branch=_ci_branch_from_env(),
     )
     started = time.perf_counter()
     if not as_json:
@@ -270,6 +271,12 @@ def run(force: bool, jobs: int, allow_dirty: bool, wait_s: float, no_deploy: boo
             click.echo(f"{click.style(result.status, fg='red')} run {result.id}: {result.error or 'failed'} · {took:.2f}s")
     if result.status != "passed":
         sys.exit(1)
+
+
+def _ci_branch_from_env() -> str | None:
+    from conveyor.git import ci_branch
+
+    return ci_branch(os.environ)
 
 
 def _env_port() -> int | None:
@@ -837,3 +844,16 @@ def deployments_stop() -> None:
 from conveyor.dashboard.cli import ui  # noqa: E402  (a command of its own module, registered here)
 
 main.add_command(ui)
+# -- commands that live in their own modules ---------------------------------------------
+from conveyor.ci.cli import ci  # noqa: E402
+
+main.add_command(ci)
+from conveyor.report.cli import report  # noqa: E402
+
+main.add_command(report)
+from conveyor.triggers.cli import hooks  # noqa: E402
+
+main.add_command(hooks)
+from conveyor.triggers.cli import watch  # noqa: E402
+
+main.add_command(watch)

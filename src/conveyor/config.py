@@ -206,9 +206,26 @@ class TriggersConfig:
     __pydantic_config__ = _STRICT
 
     branch: str = defaults.BRANCH
+    schedule: str | None = None  # cron, five fields: when `watch` and the CI files retrain
 
     def __post_init__(self) -> None:
         _require_text(branch=self.branch)
+        if self.schedule is not None:
+            _check_cron(self.schedule)
+
+
+def _check_cron(expression: str) -> None:
+    """Five-field cron only: GitHub Actions, GitLab and Jenkins all read that form, not croniter's seconds field."""
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ValueError(f"schedule: '{expression}' must have five fields (minute hour day month weekday), "
+                         "such as '0 3 * * *'")
+    try:
+        from croniter import croniter
+    except ImportError:  # the ci extra is not installed: the field count is all that can be checked
+        return
+    if not croniter.is_valid(expression):
+        raise ValueError(f"schedule: '{expression}' is not a valid cron expression, such as '0 3 * * *'")
 
 
 @dataclass(frozen=True)
@@ -225,6 +242,7 @@ class Config:
     deploy: DeployConfig = field(default_factory=DeployConfig)
     triggers: TriggersConfig = field(default_factory=TriggersConfig)
     registry: str | None = None
+    remote: str | None = None  # artifact remote (fsspec URL); CI files pull and push only when it is set
 
     def __post_init__(self) -> None:
         _require_text(project=self.project)

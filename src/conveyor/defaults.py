@@ -58,3 +58,5 @@ UI_PORT = 8100
 
 UI_HOST = "127.0.0.1"
 """Interface the dashboard binds to; loopback unless asked, as it shows the whole project."""
+WATCH_INTERVAL_S = 30.0
+"""How often `conveyor watch` looks for new commits on the branch."""

@@ -7,6 +7,7 @@ record is only as good as these answers, so failures are errors, not guesses.
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +46,30 @@ def _status_path(entry: str) -> str | None:
     return entry.split(" ", fields_before_path)[-1]
 
 
-def state(root: Path, ignore: tuple[str, ...] = ()) -> GitState:
+def ci_branch(environ: Mapping[str, str]) -> str | None:
+    """The branch a CI engine built, from its variables: GitLab and Jenkins check out a
+    detached commit, so without this their runs could never promote.
+
+    CONVEYOR_BRANCH is Conveyor's own (`conveyor watch` sets it for its
+    worktree); GitLab sets CI_COMMIT_BRANCH (not for tags or merge requests),
+    Jenkins' multibranch pipelines BRANCH_NAME, GitHub GITHUB_REF_NAME, which
+    names a branch only when GITHUB_REF_TYPE is `branch`.
+    """
+    for name in ("CONVEYOR_BRANCH", "CI_COMMIT_BRANCH", "BRANCH_NAME"):
+        if environ.get(name, "").strip():
+            return environ[name].strip()
+    if environ.get("GITHUB_REF_TYPE") == "branch" and environ.get("GITHUB_REF_NAME", "").strip():
+        return environ["GITHUB_REF_NAME"].strip()
+    return None
+
+
+def state(root: Path, ignore: tuple[str, ...] = (), detached_branch: str | None = None) -> GitState:
     """Commit, branch and uncommitted paths of the repository at `root`, from one `git status`.
 
     Paths equal to or under an entry of `ignore` (stage outs, `.conveyor/`) are
     products of the line, not changes to it, and do not make the tree dirty.
+    `detached_branch` (from `ci_branch`) names the branch of a detached checkout;
+    a checked-out branch always wins over it.
     """
     status = _git(root, "status", "--porcelain=v2", "--branch", "-z", "--untracked-files=all")
     if status.returncode != 0:
@@ -70,7 +90,7 @@ def state(root: Path, ignore: tuple[str, ...] = ()) -> GitState:
             commit = record.removeprefix("# branch.oid ")
         elif record.startswith("# branch.head "):
             head = record.removeprefix("# branch.head ")
-            branch = None if head == "(detached)" else head
+            branch = detached_branch if head == "(detached)" else head
         elif (path := _status_path(record)) is not None:
             if record.startswith("2 "):
                 next(records, None)  # a rename's record is followed by its source path

@@ -47,6 +47,7 @@ class LineOptions:
     trigger: str = "manual"
     deploy: bool = True
     actor: str | None = None  # who promotes; None: git's user.email
+    ci_branch: str | None = None  # the branch a CI engine built, for its detached checkout (git.ci_branch)
 
 
 StepCallback = Callable[[Step], None]
@@ -344,7 +345,8 @@ def run_line(project: Project, options: LineOptions, on_step: StepCallback | Non
     with project_lock(project.lock_path, holder="conveyor run", wait_s=options.wait_s):
         config = config_module.load(project.root, project.state_dir)
         products = tuple(out for stage in config.stages.values() for out in stage.all_outs)
-        git = git_module.state(project.root, ignore=(defaults.STATE_DIR, *products))
+        git = git_module.state(project.root, ignore=(defaults.STATE_DIR, *products),
+                                detached_branch=options.ci_branch)
         if git.dirty and not options.allow_dirty:
             raise DirtyWorkingTree(git.dirty_paths)
         options = replace(
