@@ -83,6 +83,10 @@ def test_save_over_a_file_is_refused(tmp_path: Path, classifier: Any, iris: Any)
 def test_read_metadata_errors_say_how_to_fix(tmp_path: Path, saved: Path) -> None:
     with pytest.raises(ConveyorError, match="conveyor.save_model"):
         read_metadata(tmp_path)
+    pickled = tmp_path / "model.pkl"  # a stage whose model out is one file, not a saved model directory
+    pickled.write_bytes(b"not a model directory")
+    with pytest.raises(ConveyorError, match="not a Conveyor model directory"):
+        read_metadata(pickled)
     (saved / METADATA_FILE).write_text("{not json")
     with pytest.raises(ConveyorError, match="not valid JSON"):
         read_metadata(saved)

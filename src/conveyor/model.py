@@ -113,7 +113,7 @@ def read_metadata(path: str | Path) -> ModelMetadata:
     file = Path(path) / METADATA_FILE
     try:
         document = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise ConveyorError(
             f"{path} is not a Conveyor model directory (no {METADATA_FILE}); "
             "write it from the training script with conveyor.save_model(model, path, sample_input)"
