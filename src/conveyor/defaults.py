@@ -52,3 +52,15 @@ MAX_BATCH_ROWS = 64
 
 MAX_BATCH_WAIT_MS = 2.0
 """Longest the micro-batcher waits for more requests when others are in flight."""
+
+FOLLOW_INTERVAL_S = 1.0
+"""How often a server that follows an alias (`iris@production`) asks the registry where it points;
+a rollback is live within this interval plus the time to swap (a cached version swaps at once)."""
+
+DEPLOY_WORKERS = 2
+"""Worker processes of the managed local deployment (`deploy.workers`): with two, a rolling restart
+or a killed worker always leaves one answering."""
+
+KEPT_VERSIONS = 3
+"""Model versions a server worker keeps loaded (the one serving and those before it), so that a
+rollback to one of them is a swap, not a load."""

@@ -10,9 +10,10 @@ gets a 4xx that says what is wrong; nothing a client sends can stop the server.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
+import os
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from conveyor import __version__, defaults
 from conveyor.exceptions import ConveyorError, PayloadError, ServingError
 from conveyor.model import LoadedModel, load_verified
 from conveyor.serving import mlflow_protocol, oip, openapi
+from conveyor.serving.auth import UNAUTHORIZED, authorized
 from conveyor.serving.batching import DirectPredictor, MicroBatcher, Predictor
 from conveyor.serving.metrics import ServingMetrics
 from conveyor.signature import parse_payload
@@ -159,8 +161,13 @@ class ServingApp:
         max_wait_ms: float = defaults.MAX_BATCH_WAIT_MS,
         metrics: ServingMetrics | None = None,
         on_reload: Callable[[], None] | None = None,
+        on_restart: Callable[[], None] | None = None,
+        follow_interval_s: float | None = None,
     ) -> None:
         self.source = source
+        self._on_restart = on_restart  # asks the supervisor for a rolling restart of every worker
+        self._follow_interval_s = follow_interval_s  # None: only a reload changes the version
+        self._cache: OrderedDict[str, Served] = OrderedDict()  # recent versions by digest: a rollback is a swap
         self.metrics = metrics
         self._batching = (batching, max_batch_rows, max_wait_ms)
         self._on_reload = on_reload  # tells sibling worker processes to reload too
@@ -172,6 +179,7 @@ class ServingApp:
         self._max_bytes = max_request_bytes
         self._reload_lock = asyncio.Lock()
         self._background: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
         self._app = Starlette(
             routes=[
                 Route("/predict", self.predict, methods=["POST"]),
@@ -191,6 +199,8 @@ class ServingApp:
                 Route("/readyz", self.readyz),
                 Route("/version", self.version),
                 Route("/-/reload", self.reload, methods=["POST"]),
+                Route("/-/restart", self.restart, methods=["POST"]),
+                Route("/-/state", self.state),
             ],
             exception_handlers={_Problem: self._problem, HTTPException: self._http_error},
             lifespan=self._lifespan,
@@ -225,6 +235,10 @@ class ServingApp:
         if metrics is not None:
             metrics.set_model(version.name, str(version.version))
             metrics.observe_load(served.load_seconds)
+        self._cache[version.digest] = served
+        self._cache.move_to_end(version.digest)
+        while len(self._cache) > defaults.KEPT_VERSIONS:
+            self._cache.popitem(last=False)
         self.current = served
 
     async def reload_from_signal(self) -> None:
@@ -238,11 +252,29 @@ class ServingApp:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         if self.current is None:
             self._background = asyncio.create_task(self._first_load())
+        if self._follow_interval_s is not None:
+            self._follower = asyncio.create_task(self._follow(self._follow_interval_s))
         yield
-        if self._background is not None and not self._background.done():
-            self._background.cancel()
+        for task in (self._background, self._follower):
+            if task is not None and not task.done():
+                task.cancel()
         if self.current is not None and self.current.predictor is not None:
             await self.current.predictor.close()
+
+    async def _follow(self, interval_s: float) -> None:
+        """Swap whenever the followed reference points elsewhere (an alias moved: a promotion, a rollback)."""
+        reported = None
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self._swap_to_latest()
+                reported = None
+            except Exception as exc:  # the old version keeps serving; say why once, not every interval
+                reason = str(exc) if isinstance(exc, ConveyorError) else f"{type(exc).__name__}: {exc}"
+                if reason != reported:
+                    log.error("following %s: %s; still serving %s", self.source.ref, reason,
+                              self.current.version.ref if self.current else "nothing")
+                    reported = reason
 
     async def _first_load(self) -> None:
         try:
@@ -260,7 +292,8 @@ class ServingApp:
                     previous.version.version, previous.version.digest
                 ):
                     return previous, previous
-                served = await run_in_threadpool(self.source.load, version)
+                cached = self._cache.get(version.digest)
+                served = cached if cached is not None else await run_in_threadpool(self.source.load, version)
             except Exception as exc:
                 self.load_error = str(exc) if isinstance(exc, ConveyorError) else f"{type(exc).__name__}: {exc}"
                 if previous is None:
@@ -268,7 +301,7 @@ class ServingApp:
                 raise
             self._install(served)
             self.load_error = None
-            if previous is not None and previous.predictor is not None:
+            if previous is not None and previous.predictor is not None and previous is not served:
                 await previous.predictor.close()  # answers what it already took, then stops
             old = f"v{previous.version.version}" if previous else "nothing"
             log.info("%s: now serving %s (was %s)", self.source.ref, served.version.ref, old)
@@ -447,13 +480,9 @@ class ServingApp:
         return _json({**served.describe(), "ref": self.source.ref})
 
     async def reload(self, request: Request) -> Response:
-        if self._token is None:
-            raise _Problem(403, "management endpoints are disabled; start the server with a token "
-                                "(environment variable CONVEYOR_SERVER_TOKEN)")
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode(), self._token):
-            return _json({"error": "send the server's token as 'Authorization: Bearer <token>'"}, 401,
-                         {"www-authenticate": "Bearer"})
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
         try:
             previous, served = await self._swap_to_latest()
         except ConveyorError as exc:
@@ -467,6 +496,40 @@ class ServingApp:
             "model": served.describe(),
             "previous": previous.describe() if previous else None,
             "changed": previous is not served,
+        })
+
+    def _refuse(self, request: Request) -> Response | None:
+        """The answer to a management request without the right token, or None when it may go ahead."""
+        if self._token is None:
+            return _json({"error": "management endpoints are disabled; start the server with a token "
+                                   "(environment variable CONVEYOR_SERVER_TOKEN)"}, 403)
+        if not authorized(request, self._token):
+            return _json({"error": UNAUTHORIZED}, 401, {"www-authenticate": "Bearer"})
+        return None
+
+    async def restart(self, request: Request) -> Response:
+        """Ask the supervisor to replace every worker, one at a time (new code, new dependencies)."""
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        if self._on_restart is None:
+            return _json({"error": "this server runs without a worker supervisor; restart its process"}, 409)
+        self._on_restart()
+        return _json({"restarting": True}, 202)
+
+    async def state(self, request: Request) -> Response:
+        """What this worker serves and holds in memory (management: it names artifact digests)."""
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        served = self.current
+        return _json({
+            "ref": self.source.ref,
+            "pid": os.getpid(),
+            "model": served.describe() if served else None,
+            "in_memory": [kept.describe() for kept in self._cache.values()],
+            "following": self._follow_interval_s,
+            "error": self.load_error,
         })
 
     def _reload_failed(self, status: int, reason: str) -> Response:
