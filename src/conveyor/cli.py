@@ -540,7 +540,9 @@ class _ProjectRegistry:
 
         port = urlsplit(live.url).port or self.config.deploy.port
         deployment = local.ensure_serving(self.project, ref, host=self.config.deploy.host, port=port,
-                                          registry_url=self.registry.url, expected_digest=target.digest)
+                                          registry_url=self.registry.url, expected_digest=target.digest,
+                                          workers=self.config.deploy.workers,
+                                          follow_interval_s=self.config.deploy.follow_interval_s)
         return f"{deployment.url} now serves v{deployment.version} ({time.perf_counter() - started:.2f}s)"
 
 
@@ -769,8 +771,10 @@ def models_lineage(ref: str, as_json: bool) -> None:
 @click.option("--max-wait-ms", type=click.FloatRange(0), default=defaults.MAX_BATCH_WAIT_MS, show_default=True,
               help="Longest wait for more requests to batch.")
 @click.option("--access-log", is_flag=True, help="One JSON line per request on the conveyor.access logger.")
+@click.option("--follow-interval", "follow_interval_s", type=click.FloatRange(0.05), default=defaults.FOLLOW_INTERVAL_S,
+              show_default=True, help="Seconds between looks at where REF points (an alias that moved is swapped in).")
 def serve(ref: str, host: str, port: int, workers: int, batching: bool, max_batch_rows: int, max_wait_ms: float,
-          access_log: bool) -> None:
+          access_log: bool, follow_interval_s: float) -> None:
     """Serve a model version over HTTP in the foreground (Ctrl-C stops it).
 
     REF is NAME, NAME@VERSION or NAME@ALIAS. The management endpoint
@@ -788,7 +792,7 @@ def serve(ref: str, host: str, port: int, workers: int, batching: bool, max_batc
     from conveyor.serving.server import ServingOptions
 
     options = ServingOptions(workers=workers, batching=batching, max_batch_rows=max_batch_rows,
-                             max_wait_ms=max_wait_ms, access_log=access_log)
+                             max_wait_ms=max_wait_ms, access_log=access_log, follow_interval_s=follow_interval_s)
     serve_model(project, ref, host=host, port=port, registry_url=_registry_url(project),
                 token=os.environ.get("CONVEYOR_SERVER_TOKEN") or None, options=options)
 
@@ -831,3 +835,10 @@ def deployments_stop() -> None:
 
     stopped = local.stop(Project.find())
     console.print("Nothing was running." if stopped is None else f"Stopped {stopped.name}@{stopped.version} (pid {stopped.pid}).")
+
+
+# -- deploy (conveyor/deploy/cli.py) --------------------------------------------------------
+from conveyor.deploy import cli as _deploy_cli  # noqa: E402 - registered last, after the groups exist
+
+main.add_command(_deploy_cli.deploy)
+deployments.add_command(_deploy_cli.restart)

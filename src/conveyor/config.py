@@ -195,10 +195,16 @@ class DeployConfig:
     target: Literal["local"] = "local"
     host: str = defaults.HOST
     port: int = defaults.PORT
+    workers: int = defaults.DEPLOY_WORKERS
+    follow_interval_s: float = defaults.FOLLOW_INTERVAL_S
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port: must be between 1 and 65535, not {self.port}")
+        if not 1 <= self.workers <= 64:
+            raise ValueError(f"workers: must be between 1 and 64, not {self.workers}")
+        if not 0.05 <= self.follow_interval_s <= 3600:
+            raise ValueError(f"follow_interval_s: must be between 0.05 and 3600 seconds, not {self.follow_interval_s}")
 
 
 @dataclass(frozen=True)

@@ -64,3 +64,6 @@ or a killed worker always leaves one answering."""
 KEPT_VERSIONS = 3
 """Model versions a server worker keeps loaded (the one serving and those before it), so that a
 rollback to one of them is a swap, not a load."""
+
+RELOAD_IN_STEP_TIMEOUT_S = 20.0
+"""How long a reload asked of one worker waits for the others to serve the same version before it answers."""

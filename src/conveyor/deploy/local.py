@@ -44,8 +44,9 @@ TOKEN_ENV = "CONVEYOR_SERVER_TOKEN"
 REGISTRY_ENV = "CONVEYOR_REGISTRY_URL"
 """Environment variable that tells `conveyor serve` which registry to read (it may hold a password)."""
 
-STOP_TIMEOUT_S = 10.0
-"""How long `stop` waits after SIGTERM before it sends SIGKILL."""
+STOP_TIMEOUT_S = 20.0
+"""How long `stop` waits after SIGTERM (the workers drain, the supervisor gives them 10 s) before it
+sends SIGKILL to the server's whole process group."""
 
 
 ABORT_TIMEOUT_S = 2.0
@@ -76,12 +77,16 @@ class _Unreachable(Exception):
 
 
 def _request(host: str, port: int, method: str, path: str, *, token: str | None = None,
-             timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
+             timeout: float = 2.0, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     """Status and JSON body of one request; `_Unreachable` if nothing answers over HTTP."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    payload = None
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+        payload = json.dumps(body).encode()
     try:
-        conn.request(method, path, headers=headers)
+        conn.request(method, path, body=payload, headers=headers)
         response = conn.getresponse()
         raw = response.read()
     except (OSError, http.client.HTTPException) as exc:
@@ -194,11 +199,20 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
     return True
 
 
+def _kill_group(pid: int) -> None:
+    """SIGKILL the server and its workers (it was started in a session, and so a process group, of its own)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _terminate(pid: int, timeout_s: float) -> None:
     try:
         os.kill(pid, signal.SIGTERM)
         if not _wait_gone(pid, timeout_s):
-            os.kill(pid, signal.SIGKILL)
+            _kill_group(pid)
             _wait_gone(pid, 5.0)
     except ProcessLookupError:
         pass
@@ -279,7 +293,7 @@ def _abandon(project: Project, process: subprocess.Popen[bytes]) -> None:
     try:
         process.wait(ABORT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        process.kill()
+        _kill_group(process.pid)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(ABORT_TIMEOUT_S)
     state = _read_state(project)
@@ -287,7 +301,8 @@ def _abandon(project: Project, process: subprocess.Popen[bytes]) -> None:
         project.server_state_path.unlink(missing_ok=True)
 
 
-def _start(project: Project, ref: str, host: str, port: int, registry_url: str, timeout_s: float) -> Deployment:
+def _start(project: Project, ref: str, host: str, port: int, registry_url: str, timeout_s: float, workers: int,
+           follow_interval_s: float) -> Deployment:
     _check_port_free(host, port)
     token = secrets.token_urlsafe(32)
     project.state_dir.mkdir(parents=True, exist_ok=True)
@@ -297,10 +312,10 @@ def _start(project: Project, ref: str, host: str, port: int, registry_url: str, 
         with open(log_path, "ab") as log:
             offset = log.tell()
             process = subprocess.Popen(
-                # One worker: `ensure_serving` checks the reload's answer, and with one process that
-                # answer is what every request sees. (Several workers catch up through the parent.)
+                # A reload answers once every worker serves the new version, so its answer is what
+                # every request sees from then on, however many workers there are.
                 [sys.executable, "-m", "conveyor", "serve", ref, "--host", host, "--port", str(port),
-                 "--workers", "1"],
+                 "--workers", str(workers), "--follow-interval", str(follow_interval_s)],
                 cwd=project.root, env={**os.environ, TOKEN_ENV: token, REGISTRY_ENV: registry_url},
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
@@ -322,22 +337,26 @@ def _start(project: Project, ref: str, host: str, port: int, registry_url: str, 
     return _deployment(state)
 
 
-def _reload(project: Project, state: dict[str, Any], timeout_s: float) -> Deployment | None:
-    """Tell the running server to resolve its ref again; None if it cannot be told (restart it instead)."""
+def _reload(project: Project, state: dict[str, Any], timeout_s: float, ref: str) -> Deployment | None:
+    """Tell the running server to serve `ref` (resolved again); None if it cannot be told (restart it instead)."""
     host, port = state["host"], int(state["port"])
     try:
-        status, body = _request(host, port, "POST", "/-/reload", token=state["token"], timeout=timeout_s)
+        if ref == state["ref"]:
+            status, body = _request(host, port, "POST", "/-/reload", token=state["token"], timeout=timeout_s)
+        else:
+            status, body = _request(host, port, "POST", "/-/deploy", token=state["token"], timeout=timeout_s,
+                                    body={"ref": ref})
     except _Unreachable:
         status, body = 0, {}
     served = _served(body.get("model")) if status == 200 else None
     if served is not None:
-        state = {**state, **served}
+        state = {**state, **served, "ref": ref}
         _write_state(project, state)
         return _deployment(state)
     if status not in (0, 200, 401, 403):  # it answered, and refused the new version
         raise ServingError(
             f"the local server at {url_for(host, port)} (pid {state['pid']}) could not switch "
-            f"to {state['ref']}: {body.get('error', status)}"
+            f"to {ref}: {body.get('error', status)}"
         )
     return None
 
@@ -362,23 +381,72 @@ def ensure_serving(
     registry_url: str,
     expected_digest: str | None = None,
     timeout_s: float = defaults.SERVER_START_TIMEOUT_S,
+    workers: int = defaults.DEPLOY_WORKERS,
+    follow_interval_s: float = defaults.FOLLOW_INTERVAL_S,
 ) -> Deployment:
     """Make the local server serve what `ref` points to now; return what it serves.
 
-    A running server of this project that follows `ref` on `host`:`port` from
-    the same registry is told to reload; if the new version cannot load, it
-    keeps the old one and this raises `ServingError` with the reason.
-    Otherwise (none running, or it follows another ref, port or registry) a new
-    server is started in its place; if that is interrupted or fails, the new
-    server is stopped. With `expected_digest`, a server that ends up serving
+    A running server of this project on `host`:`port` that reads the same
+    registry is told to serve `ref` (every worker swaps, no request is lost);
+    if the new version cannot load, it keeps the old one and this raises
+    `ServingError` with the reason.
+    Otherwise (none running, or on another port or registry) a new
+    server is started in its place, with `workers` worker processes that look
+    up where `ref` points every `follow_interval_s`; if that is interrupted or
+    fails, the new server is stopped. With `expected_digest`, a server that ends up serving
     another artifact is a `ServingError` too (it keeps serving it).
     """
     state = _live_state(project)
     if state is not None:
-        follows = (state["ref"], state["host"], int(state["port"]), state["registry"])
-        if state["status"] == _READY and follows == (ref, host, port, _fingerprint(registry_url)):
-            reloaded = _reload(project, state, timeout_s)
+        where = (state["host"], int(state["port"]), state["registry"])
+        if state["status"] == _READY and where == (host, port, _fingerprint(registry_url)):
+            reloaded = _reload(project, state, timeout_s, ref)
             if reloaded is not None:
                 return _check_digest(reloaded, expected_digest, "reloaded")
         stop(project)
-    return _check_digest(_start(project, ref, host, port, registry_url, timeout_s), expected_digest, "started")
+    started = _start(project, ref, host, port, registry_url, timeout_s, workers, follow_interval_s)
+    return _check_digest(started, expected_digest, "started")
+
+
+def restart_workers(project: Project, *, timeout_s: float = defaults.SERVER_START_TIMEOUT_S) -> Deployment:
+    """Replace the local server's workers one at a time (new code, new dependencies), without refusing a connection.
+
+    Returns once every worker process has been replaced, or raises `ServingError`.
+    """
+    state = _live_state(project)
+    if state is None or state["status"] != _READY:
+        raise ServingError("no local server is running; start one with `conveyor deploy NAME@ALIAS`")
+    host, port = state["host"], int(state["port"])
+    before = set(_worker_pids(state["pid"]))
+    try:
+        status, body = _request(host, port, "POST", "/-/restart", token=state["token"], timeout=10.0)
+    except _Unreachable as exc:
+        raise ServingError(f"the local server at {url_for(host, port)} did not answer: {exc}") from None
+    if status != 202:
+        raise ServingError(f"the local server at {url_for(host, port)} refused the restart: {body.get('error', status)}")
+    deadline = time.monotonic() + timeout_s
+    while before & set(_worker_pids(state["pid"])):
+        if time.monotonic() > deadline:
+            raise ServingError(f"the workers of the local server at {url_for(host, port)} were not all replaced "
+                               f"within {timeout_s:.0f}s; see {project.server_log_path}")
+        time.sleep(0.1)
+    deployment = current(project)
+    if deployment is None:
+        raise ServingError(f"the local server at {url_for(host, port)} stopped during the restart; "
+                           f"see {project.server_log_path}")
+    return deployment
+
+
+def _worker_pids(supervisor: int) -> list[int]:
+    """The live child processes of `supervisor` (its workers), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if len(fields) > 1 and fields[1] == str(supervisor) and fields[0] != "Z":
+            found.append(int(entry.name))
+    return found

@@ -78,8 +78,9 @@ class ModelSource:
         self.models_dir = models_dir
         self.ref = ref
 
-    def resolve(self) -> ModelVersion:
-        return self.registry.resolve(self.ref)
+    def resolve(self, ref: str | None = None) -> ModelVersion:
+        """The version `ref` (by default the followed reference) points to now."""
+        return self.registry.resolve(ref or self.ref)
 
     def load(self, version: ModelVersion) -> Served:
         """Materialise, verify, load and warm `version`; raise `ConveyorError` saying why it cannot serve."""
@@ -163,10 +164,16 @@ class ServingApp:
         on_reload: Callable[[], None] | None = None,
         on_restart: Callable[[], None] | None = None,
         follow_interval_s: float | None = None,
+        on_swap: Callable[[Served], None] | None = None,
+        in_step: Callable[[str], bool] | None = None,
+        shared_ref: tuple[Callable[[], str | None], Callable[[str], None]] | None = None,
     ) -> None:
         self.source = source
         self._on_restart = on_restart  # asks the supervisor for a rolling restart of every worker
         self._follow_interval_s = follow_interval_s  # None: only a reload changes the version
+        self._on_swap = on_swap  # tells the sibling workers what this one serves now
+        self._in_step = in_step  # whether every sibling worker serves the artifact with this digest
+        self._shared_ref = shared_ref  # read/write the reference all workers follow (a deploy changes it)
         self._cache: OrderedDict[str, Served] = OrderedDict()  # recent versions by digest: a rollback is a swap
         self.metrics = metrics
         self._batching = (batching, max_batch_rows, max_wait_ms)
@@ -200,6 +207,7 @@ class ServingApp:
                 Route("/version", self.version),
                 Route("/-/reload", self.reload, methods=["POST"]),
                 Route("/-/restart", self.restart, methods=["POST"]),
+                Route("/-/deploy", self.deploy, methods=["POST"]),
                 Route("/-/state", self.state),
             ],
             exception_handlers={_Problem: self._problem, HTTPException: self._http_error},
@@ -240,6 +248,8 @@ class ServingApp:
         while len(self._cache) > defaults.KEPT_VERSIONS:
             self._cache.popitem(last=False)
         self.current = served
+        if self._on_swap is not None:
+            self._on_swap(served)
 
     async def reload_from_signal(self) -> None:
         """Reload because a sibling worker was asked to (SIGHUP from the parent process)."""
@@ -282,30 +292,42 @@ class ServingApp:
         except Exception:  # recorded in load_error, reported by /readyz
             pass
 
-    async def _swap_to_latest(self) -> tuple[Served | None, Served]:
-        """Load what the followed ref points to now and swap it in; the old one serves until then."""
+    async def _swap_to_latest(self, ref: str | None = None) -> tuple[Served | None, Served]:
+        """Load what the followed ref (or `ref`, which is then followed) points to and swap it in.
+
+        The old version serves until then; a version that fails to load or warm is never swapped in.
+        """
         async with self._reload_lock:
             previous = self.current
+            target = ref or (self._shared_ref[0]() if self._shared_ref else None) or self.source.ref
             try:
-                version = await run_in_threadpool(self.source.resolve)
+                version = await run_in_threadpool(self.source.resolve, target)
                 if previous is not None and (version.version, version.digest) == (
                     previous.version.version, previous.version.digest
                 ):
+                    self._follow_ref(target, ref is not None)
                     return previous, previous
                 cached = self._cache.get(version.digest)
                 served = cached if cached is not None else await run_in_threadpool(self.source.load, version)
             except Exception as exc:
                 self.load_error = str(exc) if isinstance(exc, ConveyorError) else f"{type(exc).__name__}: {exc}"
                 if previous is None:
-                    log.error("cannot serve %s: %s", self.source.ref, self.load_error)
+                    log.error("cannot serve %s: %s", target, self.load_error)
                 raise
+            self._follow_ref(target, ref is not None)
             self._install(served)
             self.load_error = None
             if previous is not None and previous.predictor is not None and previous is not served:
                 await previous.predictor.close()  # answers what it already took, then stops
             old = f"v{previous.version.version}" if previous else "nothing"
-            log.info("%s: now serving %s (was %s)", self.source.ref, served.version.ref, old)
+            log.info("%s: now serving %s (was %s)", target, served.version.ref, old)
             return previous, served
+
+    def _follow_ref(self, ref: str, share: bool) -> None:
+        if ref != self.source.ref:
+            self.source.ref = ref
+        if share and self._shared_ref is not None:
+            self._shared_ref[1](ref)
 
     # -- error responses -----------------------------------------------------
 
@@ -479,12 +501,23 @@ class ServingApp:
             raise _Problem(503, f"no model is loaded yet for {self.source.ref}; see GET /readyz")
         return _json({**served.describe(), "ref": self.source.ref})
 
-    async def reload(self, request: Request) -> Response:
+    async def deploy(self, request: Request) -> Response:
+        """Serve and follow another reference (`{"ref": "iris@3"}`, `{"ref": "iris@production"}`), every worker."""
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        body = await self._read_json(request)
+        ref = body.get("ref") if isinstance(body, dict) else None
+        if not isinstance(ref, str) or not ref:
+            raise _Problem(422, 'send {"ref": "NAME@VERSION|NAME@ALIAS"}', "ref")
+        return await self.reload(request, ref)
+
+    async def reload(self, request: Request, ref: str | None = None) -> Response:
         refused = self._refuse(request)
         if refused is not None:
             return refused
         try:
-            previous, served = await self._swap_to_latest()
+            previous, served = await self._swap_to_latest(ref)
         except ConveyorError as exc:
             return self._reload_failed(409, str(exc))
         except Exception as exc:
@@ -496,7 +529,20 @@ class ServingApp:
             "model": served.describe(),
             "previous": previous.describe() if previous else None,
             "changed": previous is not served,
+            "all_workers": await self._wait_in_step(served.version.digest),
         })
+
+    async def _wait_in_step(self, digest: str) -> bool:
+        """Wait until every worker serves `digest`, so that a reload's answer holds for every request after it."""
+        if self._in_step is None:
+            return True
+        deadline = time.monotonic() + defaults.RELOAD_IN_STEP_TIMEOUT_S
+        while not self._in_step(digest):
+            if time.monotonic() > deadline:
+                log.warning("not every worker serves %s after %.0fs", digest, defaults.RELOAD_IN_STEP_TIMEOUT_S)
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     def _refuse(self, request: Request) -> Response | None:
         """The answer to a management request without the right token, or None when it may go ahead."""

@@ -96,7 +96,10 @@ def serve(
     sock = _bind(host, port)
     # Every worker counts into shared files, so any of them answers a scrape for all, and a
     # replaced worker's counts stay; prometheus_client reads this variable when first imported.
-    metrics_dir = tempfile.mkdtemp(prefix="conveyor-metrics-")
+    shared_dir = tempfile.mkdtemp(prefix="conveyor-server-")
+    metrics_dir, served_dir = os.path.join(shared_dir, "metrics"), os.path.join(shared_dir, "served")
+    os.mkdir(metrics_dir)
+    os.mkdir(served_dir)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         management = "management endpoints enabled" if token else "no token: management endpoints disabled"
@@ -106,9 +109,9 @@ def serve(
             project_root=str(project.root), ref=ref, registry_url=registry_url, token=token, listen_fd=-1,
             ready_fd=-1, supervisor_pid=os.getpid(), batching=options.batching,
             max_batch_rows=options.max_batch_rows, max_wait_ms=options.max_wait_ms, access_log=options.access_log,
-            metrics_dir=metrics_dir, follow_interval_s=options.follow_interval_s,
+            metrics_dir=metrics_dir, follow_interval_s=options.follow_interval_s, served_dir=served_dir,
         )
         workers.run(config, sock, options.workers)
     finally:
         sock.close()
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(shared_dir, ignore_errors=True)

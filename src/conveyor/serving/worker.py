@@ -61,6 +61,7 @@ class WorkerConfig:
     metrics_dir: str | None = None
     follow_interval_s: float = 1.0
     slot: int = 0
+    served_dir: str | None = None  # each worker's served digest, and the supervisor's list of ready workers
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -132,7 +133,7 @@ def serve(config: WorkerConfig) -> int:
             return EXIT_CANNOT_SERVE
         ready.write("ready\n")
     served = app.current
-    log.info("serving %s (%s), worker %d (pid %d)", served.version.ref, config.ref, config.slot, os.getpid())
+    log.info("serving %s (%s), worker %d (pid %d)", served.version.ref, app.source.ref, config.slot, os.getpid())
     import gc
 
     gc.freeze()  # what was loaded before serving lives on: keep the collector off it
@@ -157,6 +158,47 @@ async def _watch_supervisor(supervisor_pid: int, server: Any) -> None:
     server.should_exit = True
 
 
+WORKERS_FILE = "workers"
+"""In `WorkerConfig.served_dir`: the pids of the ready workers, one a line, written by the supervisor."""
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def record_served(served_dir: str, pid: int, digest: str) -> None:
+    """Note that worker `pid` now serves `digest`."""
+    _write_atomically(Path(served_dir) / str(pid), digest)
+
+
+def record_workers(served_dir: str, pids: list[int]) -> None:
+    """Note which workers are ready (the supervisor's side)."""
+    _write_atomically(Path(served_dir) / WORKERS_FILE, "".join(f"{pid}\n" for pid in pids))
+
+
+REF_FILE = "ref"
+"""In `WorkerConfig.served_dir`: the reference every worker follows, once a deploy changed it."""
+
+
+def read_ref(served_dir: str) -> str | None:
+    """The reference a deploy told the workers to follow, or None (then: the one they started with)."""
+    try:
+        return (Path(served_dir) / REF_FILE).read_text() or None
+    except OSError:
+        return None
+
+
+def all_serve(served_dir: str, digest: str) -> bool:
+    """Whether every ready worker serves `digest`."""
+    try:
+        pids = (Path(served_dir) / WORKERS_FILE).read_text().split()
+        return all((Path(served_dir) / pid).read_text() == digest for pid in pids)
+    except OSError:
+        return False
+
+
 def _prepare(config: WorkerConfig) -> tuple[Any, Any, socket.socket]:
     import uvicorn
 
@@ -169,9 +211,12 @@ def _prepare(config: WorkerConfig) -> tuple[Any, Any, socket.socket]:
     project = Project(Path(config.project_root))
     registry = Registry(config.registry_url, create=False)
     source = ModelSource(registry, ArtifactStore(project.cache_dir), project.models_dir, config.ref)
-    served = source.load(source.resolve())
+    followed = (read_ref(config.served_dir) if config.served_dir else None) or config.ref
+    served = source.load(source.resolve(followed))
+    source.ref = followed
     metrics = ServingMetrics(multiprocess_dir=config.metrics_dir)
     supervisor = config.supervisor_pid
+    served_dir = config.served_dir
 
     def tell_supervisor(signum: int) -> None:
         try:
@@ -183,7 +228,12 @@ def _prepare(config: WorkerConfig) -> tuple[Any, Any, socket.socket]:
                      max_batch_rows=config.max_batch_rows, max_wait_ms=config.max_wait_ms, metrics=metrics,
                      on_reload=lambda: tell_supervisor(signal.SIGHUP),
                      on_restart=lambda: tell_supervisor(signal.SIGUSR2),
-                     follow_interval_s=config.follow_interval_s)
+                     follow_interval_s=config.follow_interval_s,
+                     on_swap=None if served_dir is None else
+                     (lambda now: record_served(served_dir, os.getpid(), now.version.digest)),
+                     in_step=None if served_dir is None else (lambda digest: all_serve(served_dir, digest)),
+                     shared_ref=None if served_dir is None else
+                     (lambda: read_ref(served_dir), lambda ref: _write_atomically(Path(served_dir) / REF_FILE, ref)))
     uv_config = uvicorn.Config(
         MetricsMiddleware(app, metrics, access_log=config.access_log), log_level="warning",
         access_log=False, lifespan="on", timeout_graceful_shutdown=5,

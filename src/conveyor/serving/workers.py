@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 
 from conveyor.exceptions import ServingError
-from conveyor.serving.worker import CONFIG_ENV, WorkerConfig
+from conveyor.serving.worker import CONFIG_ENV, WorkerConfig, record_workers
 
 log = logging.getLogger("conveyor.serving")
 
@@ -80,6 +80,7 @@ class Supervisor:
         self.stopping = False
         self.restart_requested = False
         self.hup_requested = False
+        self._recorded: list[int] | None = None
 
     # -- signals ---------------------------------------------------------------
 
@@ -185,6 +186,14 @@ class Supervisor:
             if now - worker.started < 1.0:
                 time.sleep(_RESTART_BACKOFF_S)
             self._spawn(worker.slot)
+        self._record_ready()
+
+    def _record_ready(self) -> None:
+        """Tell the workers which of them answer now (a reload waits until all of those serve the new version)."""
+        ready = sorted(pid for pid, w in self.workers.items() if w.ready)
+        if ready != self._recorded and self.config.served_dir is not None:
+            record_workers(self.config.served_dir, ready)
+            self._recorded = ready
 
     def rolling_restart(self) -> bool:
         """Replace every worker, one at a time, each new one ready before the old one is stopped."""
@@ -216,6 +225,7 @@ class Supervisor:
                     self._signal(worker, signal.SIGTERM)
                 self.workers.pop(worker.process.pid, None)
                 self.retiring[worker.process.pid] = (worker, deadline)
+            self._record_ready()
         log.info("rolling restart done: workers %s", ", ".join(map(str, self.workers)))
         return True
 
