@@ -1,0 +1,131 @@
+"""Management endpoints over real HTTP: the token guards each one, deploy switches reference in place,
+and a server that follows an alias swaps (and swaps back) when the alias moves."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from test_serving import ROW, TOKEN, Line, _Broken, _Server
+
+from conveyor.serving.app import ServingApp
+
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+class _Running:
+    def __init__(self, app: ServingApp, client: httpx.Client) -> None:
+        self.app, self.client = app, client
+        self.restarts = 0
+
+    def version(self) -> int:
+        return int(self.client.post("/predict", json={"rows": [ROW]}).headers["x-model-version"])
+
+    def wait_for_version(self, version: int, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.version() != version:
+            assert time.monotonic() < deadline, f"still serving v{self.version()}, not v{version}"
+            time.sleep(0.02)
+
+
+def _run(line: Line, *, follow_interval_s: float | None = None) -> Iterator[_Running]:
+    first = line.publish()
+    source = line.source()
+    holder: list[_Running] = []
+
+    def restart() -> None:
+        holder[0].restarts += 1
+
+    app = ServingApp(source, token=TOKEN, served=source.load(first), on_restart=restart,
+                     follow_interval_s=follow_interval_s)
+    with _Server(app) as running, httpx.Client(base_url=running.url, timeout=20) as client:
+        holder.append(_Running(app, client))
+        yield holder[0]
+
+
+@pytest.fixture
+def line(tmp_path: Any) -> Iterator[Line]:
+    built = Line(tmp_path)
+    yield built
+    built.registry.close()
+
+
+@pytest.fixture
+def running(line: Line) -> Iterator[_Running]:
+    yield from _run(line)
+
+
+@pytest.fixture
+def following(line: Line) -> Iterator[_Running]:
+    yield from _run(line, follow_interval_s=0.05)
+
+
+MANAGEMENT = [("POST", "/-/reload", None), ("POST", "/-/deploy", {"ref": "iris@2"}), ("POST", "/-/restart", None),
+              ("GET", "/-/state", None)]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), MANAGEMENT, ids=[p for _, p, _ in MANAGEMENT])
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x"])
+def test_every_management_endpoint_refuses_a_request_without_the_token(
+    running: _Running, line: Line, method: str, path: str, body: Any, authorization: str | None
+) -> None:
+    line.publish(C=0.05)  # production moves to v2: a reload or deploy that went ahead would serve it
+    headers = {"authorization": authorization} if authorization else {}
+    reply = running.client.request(method, path, json=body, headers=headers)
+    assert reply.status_code == 401 and reply.headers["www-authenticate"] == "Bearer"
+    assert "Authorization: Bearer" in reply.json()["error"] and "model" not in reply.json()
+    assert running.version() == 1 and running.restarts == 0
+
+
+def test_deploy_switches_to_a_pinned_version_and_back_to_the_alias(running: _Running, line: Line) -> None:
+    line.publish(C=0.05)
+    pinned = running.client.post("/-/deploy", json={"ref": "iris@1"}, headers=AUTH)
+    assert pinned.status_code == 200 and pinned.json()["model"]["version"] == 1
+    assert running.client.get("/version").json()["ref"] == "iris@1"
+    following = running.client.post("/-/deploy", json={"ref": "iris@production"}, headers=AUTH)
+    assert following.status_code == 200, following.text
+    assert following.json()["model"]["version"] == 2 and following.json()["previous"]["version"] == 1
+    assert running.version() == 2 and running.client.get("/version").json()["ref"] == "iris@production"
+
+
+def test_deploy_of_what_cannot_serve_keeps_the_old_version(running: _Running, line: Line) -> None:
+    missing = running.client.post("/-/deploy", json={"ref": "iris@7"}, headers=AUTH)
+    assert missing.status_code == 409 and "still serving iris@1" in missing.json()["error"]
+    line.publish(_Broken(), alias=None)
+    broken = running.client.post("/-/deploy", json={"ref": "iris@2"}, headers=AUTH)
+    assert broken.status_code == 409 and "warm-up" in broken.json()["error"]
+    assert running.version() == 1 and running.client.get("/version").json()["ref"] == "iris@production"
+    assert running.client.post("/-/deploy", json={"reference": "iris@1"}, headers=AUTH).status_code == 422
+
+
+def test_restart_asks_the_supervisor_and_state_says_what_is_served(running: _Running) -> None:
+    reply = running.client.post("/-/restart", headers=AUTH)
+    assert reply.status_code == 202 and running.restarts == 1
+    state = running.client.get("/-/state", headers=AUTH).json()
+    assert state["ref"] == "iris@production" and state["model"]["version"] == 1
+    assert [kept["version"] for kept in state["in_memory"]] == [1]
+
+
+def test_a_followed_alias_that_moves_is_served_and_a_rollback_swaps_back(following: _Running, line: Line) -> None:
+    second = line.publish(C=0.05)
+    following.wait_for_version(2)
+    line.registry.set_alias("iris", "production", 1, actor="test", reason="test", kind="rollback")
+    following.wait_for_version(1)
+    state = following.client.get("/-/state", headers=AUTH).json()
+    assert sorted(kept["version"] for kept in state["in_memory"]) == [1, 2]  # a rollback to v2 is a swap
+    assert next(k for k in state["in_memory"] if k["version"] == 2)["digest"] == second.digest
+
+
+def test_a_followed_version_that_cannot_load_is_never_served(following: _Running, line: Line) -> None:
+    line.publish(_Broken())
+    deadline = time.monotonic() + 1.0  # twenty looks at the alias
+    while time.monotonic() < deadline:
+        assert following.version() == 1
+    ready = following.client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["model"]["version"] == 1
+    assert "warm-up" in following.client.get("/-/state", headers=AUTH).json()["error"]
+    line.publish(C=0.05)
+    following.wait_for_version(3)
