@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-serving lint clean
+.PHONY: demo test bench bench-serving bench-deploy lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ bench: $(STAMP)  ## Benchmarks; results go to benchmarks/RESULTS.md.
 
 bench-serving: $(STAMP)  ## Serving throughput vs MLflow and bare Starlette (needs wrk; installs MLflow once).
 	$(BIN)/python benchmarks/serving.py
+
+bench-deploy: $(STAMP)  ## Deploys and rollbacks under load: failed requests (must be 0), time to 100 %.
+	$(BIN)/python benchmarks/deploy.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

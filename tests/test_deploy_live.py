@@ -45,8 +45,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deploy_live")]
 FOLLOW_INTERVAL_S = 0.25
 """How often the workers look up the alias in this test."""
 
-ALIAS_WINDOW_S = 2.0
-"""After an alias moves, how long a worker may still answer with the version it pointed to before."""
+ALIAS_WINDOW_S = 3.0
+"""After an alias moves, how long a worker may still answer with the version it pointed to before
+(it looks every FOLLOW_INTERVAL_S, then loads; generous for a loaded CI machine)."""
 
 CLIENTS = 4
 BODY = json.dumps({"rows": [[5.1, 3.5, 1.4, 0.2]]}).encode()
