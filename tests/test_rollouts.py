@@ -8,10 +8,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from test_serving import ROW, TOKEN, Line, _Broken, _Server
 
 from conveyor.serving.app import ServingApp
+from conveyor.serving.metrics import ServingMetrics
+from conveyor.serving.rollout import counts_from_metrics
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
@@ -21,8 +24,15 @@ class _Running:
         self.app, self.client = app, client
         self.restarts = 0
 
-    def version(self) -> int:
-        return int(self.client.post("/predict", json={"rows": [ROW]}).headers["x-model-version"])
+    def version(self, row: list[float] = ROW) -> int:
+        answer = self.client.post("/predict", json={"rows": [row]})
+        assert answer.status_code == 200, answer.text
+        return int(answer.headers["x-model-version"])
+
+    def counts(self, version: int, shadow: bool = False) -> tuple[int, int]:
+        assert self.app.metrics is not None
+        counts = counts_from_metrics(self.app.metrics.render()[0].decode(), "iris", version, shadow=shadow)
+        return counts.ok, counts.errors
 
     def wait_for_version(self, version: int, timeout_s: float = 20.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -40,7 +50,7 @@ def _run(line: Line, *, follow_interval_s: float | None = None) -> Iterator[_Run
         holder[0].restarts += 1
 
     app = ServingApp(source, token=TOKEN, served=source.load(first), on_restart=restart,
-                     follow_interval_s=follow_interval_s)
+                     follow_interval_s=follow_interval_s, metrics=ServingMetrics())
     with _Server(app) as running, httpx.Client(base_url=running.url, timeout=20) as client:
         holder.append(_Running(app, client))
         yield holder[0]
@@ -64,7 +74,7 @@ def following(line: Line) -> Iterator[_Running]:
 
 
 MANAGEMENT = [("POST", "/-/reload", None), ("POST", "/-/deploy", {"ref": "iris@2"}), ("POST", "/-/restart", None),
-              ("GET", "/-/state", None)]
+              ("POST", "/-/traffic", {"candidate": "iris@2", "share": 100}), ("GET", "/-/state", None)]
 
 
 @pytest.mark.parametrize(("method", "path", "body"), MANAGEMENT, ids=[p for _, p, _ in MANAGEMENT])
@@ -129,3 +139,64 @@ def test_a_followed_version_that_cannot_load_is_never_served(following: _Running
     assert "warm-up" in following.client.get("/-/state", headers=AUTH).json()["error"]
     line.publish(C=0.05)
     following.wait_for_version(3)
+
+
+LARGE_PETALS = [6.3, 3.3, 6.0, 2.5]
+
+
+class _FailsOnLargePetals:
+    """A candidate that warms up fine (on the small-petalled sample rows) and raises on large petals."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def predict(self, X: Any) -> Any:
+        if (np.asarray(X)[:, 2] > 5).any():
+            raise ValueError("petal_length over 5 is not handled")
+        return self.inner.predict(X)
+
+
+def test_a_canary_answers_its_share_and_stable_answers_what_it_fails_on(running: _Running, line: Line) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    line.publish(C=0.05, alias=None)
+    line.publish(_FailsOnLargePetals(LogisticRegression(max_iter=1000).fit(line.X, line.y)), alias=None)
+    split = running.client.post("/-/traffic", json={"candidate": "iris@2", "share": 100}, headers=AUTH)
+    assert split.status_code == 200, split.text
+    assert split.json()["candidate"]["version"] == 2 and split.json()["model"]["version"] == 1
+    assert {running.version() for _ in range(10)} == {2}
+    assert running.counts(2) == (10, 0)
+
+    assert running.client.post("/-/traffic", json={"candidate": "iris@3", "share": 100}, headers=AUTH).status_code == 200
+    assert running.version(ROW) == 3  # what the candidate handles, it answers
+    assert {running.version(LARGE_PETALS) for _ in range(5)} == {1}  # what it fails on, stable answers
+    assert running.counts(3) == (1, 5)
+    state = running.client.get("/-/state", headers=AUTH).json()
+    assert state["traffic"] == {"stable": "iris@1", "candidate": "iris@3", "share": 100.0, "mode": "canary"}
+
+    ended = running.client.post("/-/traffic", json={"share": 0}, headers=AUTH)
+    assert ended.status_code == 200 and ended.json()["candidate"] is None
+    assert {running.version(LARGE_PETALS) for _ in range(5)} == {1}
+
+
+def test_a_shadow_gets_copies_and_never_answers(running: _Running, line: Line) -> None:
+    line.publish(C=0.05, alias=None)
+    split = {"candidate": "iris@2", "share": 100, "mode": "shadow"}
+    assert running.client.post("/-/traffic", json=split, headers=AUTH).status_code == 200
+    assert {running.version() for _ in range(20)} == {1}
+    deadline = time.monotonic() + 20
+    while running.counts(2, shadow=True) != (20, 0):
+        assert time.monotonic() < deadline, f"shadow counts {running.counts(2, shadow=True)}"
+        time.sleep(0.02)
+    assert running.counts(2) == (0, 0)
+
+
+def test_a_split_to_what_cannot_serve_is_refused_and_changes_nothing(running: _Running, line: Line) -> None:
+    refused = running.client.post("/-/traffic", json={"candidate": "iris@9", "share": 10}, headers=AUTH)
+    assert refused.status_code == 409 and "still serving iris@1" in refused.json()["error"]
+    line.publish(_Broken(), alias=None)
+    refused = running.client.post("/-/traffic", json={"candidate": "iris@2", "share": 10}, headers=AUTH)
+    assert refused.status_code == 409 and "warm-up" in refused.json()["error"]
+    assert running.client.get("/-/state", headers=AUTH).json()["traffic"] is None
+    bad = running.client.post("/-/traffic", json={"candidate": "iris@1", "share": 150}, headers=AUTH)
+    assert bad.status_code == 422 and "percentage" in bad.json()["error"]

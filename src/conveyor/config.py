@@ -189,6 +189,40 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class CanaryConfig:
+    __pydantic_config__ = _STRICT
+
+    steps: list[float] = field(default_factory=lambda: list(defaults.CANARY_STEPS))
+    interval_s: float = defaults.CANARY_INTERVAL_S
+    min_requests: int = defaults.CANARY_MIN_REQUESTS
+    max_error_rate: float = defaults.CANARY_MAX_ERROR_RATE
+    max_p99_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.steps or any(not 0 < s <= 100 for s in self.steps) or self.steps != sorted(self.steps):
+            raise ValueError(f"steps: must be rising percentages in (0, 100], such as [10, 50, 100], not {self.steps}")
+        if self.interval_s <= 0:
+            raise ValueError(f"interval_s: must be positive, not {self.interval_s}")
+        if self.min_requests < 1:
+            raise ValueError(f"min_requests: must be at least 1, not {self.min_requests}")
+        if not 0 <= self.max_error_rate <= 1:
+            raise ValueError(f"max_error_rate: must be a fraction between 0 and 1, not {self.max_error_rate}")
+        if self.max_p99_ms is not None and self.max_p99_ms <= 0:
+            raise ValueError(f"max_p99_ms: must be positive, not {self.max_p99_ms}")
+
+
+@dataclass(frozen=True)
+class ShadowConfig:
+    __pydantic_config__ = _STRICT
+
+    share: float = defaults.SHADOW_SHARE
+
+    def __post_init__(self) -> None:
+        if not 0 < self.share <= 100:
+            raise ValueError(f"share: must be a percentage in (0, 100], not {self.share}")
+
+
+@dataclass(frozen=True)
 class DeployConfig:
     __pydantic_config__ = _STRICT
 
@@ -197,6 +231,9 @@ class DeployConfig:
     port: int = defaults.PORT
     workers: int = defaults.DEPLOY_WORKERS
     follow_interval_s: float = defaults.FOLLOW_INTERVAL_S
+    strategy: Literal["replace", "canary", "shadow"] = "replace"
+    canary: CanaryConfig = field(default_factory=CanaryConfig)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+from typing import Any
 
 import click
 
+from conveyor import defaults
 from conveyor.exceptions import ConveyorError
 from conveyor.project import Project
 
@@ -31,23 +34,54 @@ def _port(flag: int | None, configured: int) -> int:
     return int(from_env)
 
 
+def _steps(value: str | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        steps = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a list of percentages such as 10,50,100") from None
+    if not steps or any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(steps):
+        raise click.BadParameter(f"'{value}': steps must be rising percentages in (0, 100], such as 10,50,100")
+    return steps
+
+
 @click.command()
 @click.argument("ref")
+@click.option("--strategy", type=click.Choice(["replace", "canary", "shadow"]), default=None,
+              help="replace: hot swap; canary: traffic in steps, judged, rolled back on a breach; "
+                   "shadow: a copy of requests, answers from stable (default: deploy.strategy).")
+@click.option("--steps", default=None, metavar="PCTS", help="Canary steps, e.g. 10,50,100 (default: deploy.canary.steps).")
+@click.option("--interval", "interval_s", type=click.FloatRange(0, min_open=True), default=None, metavar="S",
+              help="Seconds per canary step or shadow run (default: deploy.canary.interval_s).")
+@click.option("--min-requests", type=click.IntRange(1), default=None, help="Requests needed to judge a step.")
+@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=None, help="Largest share of failed predictions.")
+@click.option("--max-p99-ms", type=click.FloatRange(0, min_open=True), default=None, help="Largest p99 prediction latency.")
+@click.option("--shadow-share", type=click.FloatRange(0, 100, min_open=True), default=None, metavar="PCT",
+              help="Percent of requests copied to a shadow candidate.")
+@click.option("--alias", default=defaults.PRODUCTION_ALIAS, show_default=True,
+              help="Alias the server follows; a canary moves it (and back on a breach).")
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port of the local server (default: deploy.port).")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Worker processes when a server is started (default: deploy.workers).")
-@click.option("--json", "as_json", is_flag=True, help="Print what is live as JSON.")
-def deploy(ref: str, port: int | None, workers: int | None, as_json: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+def deploy(ref: str, strategy: str | None, steps: str | None, interval_s: float | None, min_requests: int | None,
+           max_error_rate: float | None, max_p99_ms: float | None, shadow_share: float | None, alias: str,
+           port: int | None, workers: int | None, as_json: bool) -> None:
     """Serve REF on the local server: start it in the background, or switch the running one without downtime.
 
-    REF is NAME@ALIAS (the server follows the alias: a promotion or `conveyor
-    rollback` is live within a second) or NAME@VERSION (pinned). The new version
-    is loaded and warmed beside the old one and swapped in on every worker.
+    With the replace strategy (default), REF is NAME@ALIAS (the server follows
+    the alias: a promotion or `conveyor rollback` is live within a second) or
+    NAME@VERSION (pinned); the new version is loaded and warmed beside the old
+    one and swapped in on every worker. With canary or shadow, REF is the
+    candidate NAME@VERSION and the server must follow NAME@ALIAS already.
 
     \b
     Examples:
       conveyor deploy iris@production
       conveyor deploy iris@3 --port 8001
+      conveyor deploy iris@4 --strategy canary --steps 10,50,100 --interval 30 --max-error-rate 0.01
+      conveyor deploy iris@4 --strategy shadow --shadow-share 50 --interval 60
     """
     from conveyor import config as config_module
     from conveyor.deploy import local
@@ -56,8 +90,14 @@ def deploy(ref: str, port: int | None, workers: int | None, as_json: bool) -> No
     project = Project.find()
     config = config_module.load(project.root, project.state_dir)
     registry_url = _registry_url(project, config.registry)
+    chosen = strategy or config.deploy.strategy
     with Registry(registry_url, create=False) as registry:
         target = registry.resolve(ref)  # a reference that names nothing fails here, before any server is touched
+        if chosen != "replace":
+            _roll_out(project, config, registry, target, chosen, alias, as_json, steps=_steps(steps),
+                      interval_s=interval_s, min_requests=min_requests, max_error_rate=max_error_rate,
+                      max_p99_ms=max_p99_ms, shadow_share=shadow_share)
+            return
     started = time.perf_counter()
     live = local.ensure_serving(project, ref, host=config.deploy.host, port=_port(port, config.deploy.port),
                                 registry_url=registry_url, expected_digest=target.digest,
@@ -69,6 +109,37 @@ def deploy(ref: str, port: int | None, workers: int | None, as_json: bool) -> No
                                "url": live.url, "pid": live.pid, "seconds": round(took, 3)}, indent=2))
         return
     click.echo(f"{live.ref}: {live.name}@{live.version} is live at {live.url} (pid {live.pid}, {took:.2f}s)")
+
+
+def _roll_out(project: Project, config: Any, registry: Any, target: Any, strategy: str, alias: str, as_json: bool,
+              *, steps: tuple[float, ...] | None, interval_s: float | None, min_requests: int | None,
+              max_error_rate: float | None, max_p99_ms: float | None, shadow_share: float | None) -> None:
+    from dataclasses import asdict
+
+    from conveyor.deploy.rollout import Policy, roll_out
+    from conveyor.serving.rollout import Criteria
+
+    canary = config.deploy.canary
+    policy = Policy(
+        strategy=strategy,  # type: ignore[arg-type]  # click.Choice checked it
+        steps=steps or tuple(canary.steps), interval_s=interval_s or canary.interval_s,
+        criteria=Criteria(max_error_rate=canary.max_error_rate if max_error_rate is None else max_error_rate,
+                          max_p99_ms=max_p99_ms or canary.max_p99_ms,
+                          min_requests=min_requests or canary.min_requests),
+        shadow_share=shadow_share or config.deploy.shadow.share,
+    )
+    from conveyor.cli import _actor
+
+    actor = _actor(project)
+    outcome = roll_out(project, registry, target.name, target.version, policy, alias=alias, actor=actor,
+                       on_step=(lambda _line: None) if as_json else (lambda line: click.echo(f"  {line}")))
+    if as_json:
+        click.echo(json.dumps(asdict(outcome), indent=2))
+    else:
+        click.echo(f"{strategy} of {target.name}@{outcome.candidate} (stable v{outcome.stable}): "
+                   f"{outcome.result}: {outcome.reason}")
+    if outcome.result == "rolled back":
+        sys.exit(1)
 
 
 @click.command("restart")

@@ -450,3 +450,53 @@ def _worker_pids(supervisor: int) -> list[int]:
         if len(fields) > 1 and fields[1] == str(supervisor) and fields[0] != "Z":
             found.append(int(entry.name))
     return found
+
+
+def _ready_state(project: Project) -> dict[str, Any]:
+    state = _live_state(project)
+    if state is None or state["status"] != _READY:
+        raise ServingError("no local server is running; start one with `conveyor deploy NAME@ALIAS`")
+    return state
+
+
+def _manage(project: Project, method: str, path: str, body: dict[str, Any] | None = None,
+            timeout_s: float = defaults.SERVER_START_TIMEOUT_S) -> dict[str, Any]:
+    """One management request to the local server; its JSON answer, or `ServingError` saying why not."""
+    state = _ready_state(project)
+    host, port = state["host"], int(state["port"])
+    try:
+        status, answer = _request(host, port, method, path, token=state["token"], timeout=timeout_s, body=body)
+    except _Unreachable as exc:
+        raise ServingError(f"the local server at {url_for(host, port)} did not answer {method} {path}: {exc}") from None
+    if status >= 300:
+        raise ServingError(f"the local server at {url_for(host, port)} refused {method} {path}: "
+                           f"{answer.get('error', status)}")
+    return answer
+
+
+def set_traffic(project: Project, candidate: str | None, share: float, *, mode: str = "canary",
+                stable: str | None = None) -> dict[str, Any]:
+    """Send `share` percent of the local server's requests (canary) or a copy of them (shadow) to `candidate`;
+    share 0 ends the split. Stable stays the version served now (or `stable`) while the split lasts."""
+    body: dict[str, Any] = {"share": share}
+    if share > 0:
+        body.update({"candidate": candidate, "mode": mode, **({"stable": stable} if stable else {})})
+    return _manage(project, "POST", "/-/traffic", body)
+
+
+def deployment_state(project: Project) -> dict[str, Any]:
+    """What one worker of the local server serves, holds in memory and splits (GET /-/state)."""
+    return _manage(project, "GET", "/-/state", timeout_s=10.0)
+
+
+def metrics_text(project: Project) -> str:
+    """The local server's Prometheus metrics (every worker's counts)."""
+    state = _ready_state(project)
+    conn = http.client.HTTPConnection(state["host"], int(state["port"]), timeout=10.0)
+    try:
+        conn.request("GET", "/metrics")
+        return conn.getresponse().read().decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException) as exc:
+        raise ServingError(f"the local server did not answer GET /metrics: {exc}") from None
+    finally:
+        conn.close()

@@ -10,6 +10,8 @@ gets a 4xx that says what is wrong; nothing a client sends can stop the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -36,6 +38,8 @@ from conveyor.serving import mlflow_protocol, oip, openapi
 from conveyor.serving.auth import UNAUTHORIZED, authorized
 from conveyor.serving.batching import DirectPredictor, MicroBatcher, Predictor
 from conveyor.serving.metrics import ServingMetrics
+from conveyor.serving.rollout import Traffic
+from conveyor.serving.routing import Router, Split
 from conveyor.signature import parse_payload
 from conveyor.store import ArtifactStore
 
@@ -167,6 +171,7 @@ class ServingApp:
         on_swap: Callable[[Served], None] | None = None,
         in_step: Callable[[str], bool] | None = None,
         shared_ref: tuple[Callable[[], str | None], Callable[[str], None]] | None = None,
+        shared_traffic: tuple[Callable[[], Traffic | None], Callable[[Traffic | None], None]] | None = None,
     ) -> None:
         self.source = source
         self._on_restart = on_restart  # asks the supervisor for a rolling restart of every worker
@@ -174,6 +179,9 @@ class ServingApp:
         self._on_swap = on_swap  # tells the sibling workers what this one serves now
         self._in_step = in_step  # whether every sibling worker serves the artifact with this digest
         self._shared_ref = shared_ref  # read/write the reference all workers follow (a deploy changes it)
+        self._traffic: Traffic | None = None  # the split in force when no worker shares it
+        self._shared_traffic = shared_traffic or (lambda: self._traffic, self._set_local_traffic)
+        self.router = Router(metrics)
         self._cache: OrderedDict[str, Served] = OrderedDict()  # recent versions by digest: a rollback is a swap
         self.metrics = metrics
         self._batching = (batching, max_batch_rows, max_wait_ms)
@@ -208,6 +216,7 @@ class ServingApp:
                 Route("/-/reload", self.reload, methods=["POST"]),
                 Route("/-/restart", self.restart, methods=["POST"]),
                 Route("/-/deploy", self.deploy, methods=["POST"]),
+                Route("/-/traffic", self.traffic, methods=["POST"]),
                 Route("/-/state", self.state),
             ],
             exception_handlers={_Problem: self._problem, HTTPException: self._http_error},
@@ -231,6 +240,9 @@ class ServingApp:
         await self._app(scope, receive, send_with_version)
 
     # -- lifecycle ------------------------------------------------------------
+
+    def _set_local_traffic(self, traffic: Traffic | None) -> None:
+        self._traffic = traffic
 
     def _install(self, served: Served) -> None:
         """Give `served` its predictor and make it the one that answers."""
@@ -300,15 +312,17 @@ class ServingApp:
         async with self._reload_lock:
             previous = self.current
             target = ref or (self._shared_ref[0]() if self._shared_ref else None) or self.source.ref
+            traffic = self._shared_traffic[0]()
             try:
-                version = await run_in_threadpool(self.source.resolve, target)
+                # A rollout pins stable to a version: an alias that moves meanwhile waits for its end.
+                version = await run_in_threadpool(self.source.resolve, traffic.stable if traffic else target)
+                await self._split(traffic)
                 if previous is not None and (version.version, version.digest) == (
                     previous.version.version, previous.version.digest
                 ):
                     self._follow_ref(target, ref is not None)
                     return previous, previous
-                cached = self._cache.get(version.digest)
-                served = cached if cached is not None else await run_in_threadpool(self.source.load, version)
+                served = await self._loaded(version)
             except Exception as exc:
                 self.load_error = str(exc) if isinstance(exc, ConveyorError) else f"{type(exc).__name__}: {exc}"
                 if previous is None:
@@ -322,6 +336,27 @@ class ServingApp:
             old = f"v{previous.version.version}" if previous else "nothing"
             log.info("%s: now serving %s (was %s)", target, served.version.ref, old)
             return previous, served
+
+    async def _loaded(self, version: ModelVersion) -> Served:
+        cached = self._cache.get(version.digest)
+        return cached if cached is not None else await run_in_threadpool(self.source.load, version)
+
+    async def _split(self, traffic: Traffic | None) -> None:
+        """Put `traffic` in force: its candidate loaded and warmed (kept in memory, like a served version)."""
+        split = self.router.split
+        if traffic is None or traffic.share <= 0:
+            self.router.split = None
+            return
+        if split is not None and split.traffic == traffic:
+            return
+        version = await run_in_threadpool(self.source.resolve, traffic.candidate)
+        candidate = await self._loaded(version)
+        if candidate.predictor is None:  # called directly: no batcher task left behind when the split ends
+            candidate.predictor = DirectPredictor(candidate.model.predict_array)
+        self._cache[version.digest] = candidate
+        self.router.split = Split(traffic, candidate)
+        log.info("%s of %s: %g%% of traffic, stable %s", traffic.mode, traffic.candidate, traffic.share,
+                 traffic.stable)
 
     def _follow_ref(self, ref: str, share: bool) -> None:
         if ref != self.source.ref:
@@ -395,7 +430,7 @@ class ServingApp:
             X = parse_payload(served.model.signature, payload)
         except PayloadError as exc:
             raise _Problem(422, str(exc), exc.field) from None
-        output = await self._predict(served, X)
+        served, output = await self.router.predict(served, X, self._predict)
         body = {
             "predictions": _predictions(output),
             "model": {"name": served.version.name, "version": served.version.version},
@@ -415,7 +450,7 @@ class ServingApp:
             else:
                 shown = f"'{media}'" if media else "none"
                 raise _Problem(415, f"Content-Type must be application/json or text/csv, got {shown}")
-            output = await self._predict(served, X)
+            served, output = await self.router.predict(served, X, self._predict)
         except PayloadError as exc:
             return _json(mlflow_protocol.error_body(400, str(exc)), 400)
         except _Problem as exc:
@@ -465,7 +500,7 @@ class ServingApp:
             X = oip.parse_infer(served.model.signature, payload)
         except PayloadError as exc:
             raise _Problem(400, str(exc)) from None
-        output = await self._predict(served, X)
+        served, output = await self.router.predict(served, X, self._predict)
         request_id = payload.get("id")  # parse_infer has checked payload is an object
         dtype = served.model.signature["outputs"]["dtype"]
         return _answer(oip.infer_response(served.version.name, served.version.version, request_id, output, dtype),
@@ -511,6 +546,46 @@ class ServingApp:
         if not isinstance(ref, str) or not ref:
             raise _Problem(422, 'send {"ref": "NAME@VERSION|NAME@ALIAS"}', "ref")
         return await self.reload(request, ref)
+
+    async def traffic(self, request: Request) -> Response:
+        """Split traffic: `{"candidate": "iris@3", "share": 10, "mode": "canary"|"shadow"}`; `{"share": 0}` ends it.
+
+        Stable is pinned to the version served now (or `"stable"`) while the split lasts.
+        """
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        body = await self._read_json(request)
+        if not isinstance(body, dict):
+            raise _Problem(422, 'send {"candidate": "NAME@VERSION", "share": PERCENT, "mode": "canary"}', "body")
+        try:
+            share = float(body.get("share") or 0)
+            candidate = body.get("candidate")
+            new = None
+            if share > 0:
+                if not isinstance(candidate, str) or not candidate:
+                    raise ValueError("candidate: name the version that gets the share, e.g. iris@3")
+                stable = body.get("stable") or (self.current.version.ref if self.current else None)
+                if not isinstance(stable, str):
+                    raise ValueError("stable: nothing is served yet; name the stable version")
+                new = Traffic(stable, candidate, share, body.get("mode", "canary"))
+        except (TypeError, ValueError) as exc:
+            raise _Problem(422, str(exc), "body") from None
+        read, write = self._shared_traffic
+        old = read()
+        write(new)
+        try:
+            _, served = await self._swap_to_latest()
+        except Exception as exc:
+            write(old)
+            with contextlib.suppress(Exception):
+                await self._swap_to_latest()
+            return self._reload_failed(409, str(exc) if isinstance(exc, ConveyorError) else f"{type(exc).__name__}: {exc}")
+        if self._on_reload is not None:
+            self._on_reload()
+        split = self.router.split
+        return _json({"model": served.describe(), "candidate": split.candidate.describe() if split else None,
+                      "traffic": dataclasses.asdict(split.traffic) if split else None})
 
     async def reload(self, request: Request, ref: str | None = None) -> Response:
         refused = self._refuse(request)
@@ -574,6 +649,7 @@ class ServingApp:
             "pid": os.getpid(),
             "model": served.describe() if served else None,
             "in_memory": [kept.describe() for kept in self._cache.values()],
+            "traffic": dataclasses.asdict(self.router.split.traffic) if self.router.split else None,
             "following": self._follow_interval_s,
             "error": self.load_error,
         })

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from conveyor.serving.rollout import Traffic
+
 CONFIG_ENV = "CONVEYOR_WORKER_CONFIG"
 """Environment variable holding a worker's `WorkerConfig` as JSON."""
 
@@ -190,6 +192,26 @@ def read_ref(served_dir: str) -> str | None:
         return None
 
 
+TRAFFIC_FILE = "traffic"
+"""In `WorkerConfig.served_dir`: the traffic split in force (`rollout.Traffic` as JSON), absent when none."""
+
+
+def read_traffic(served_dir: str) -> Traffic | None:
+    """The split every worker applies, or None."""
+    try:
+        return Traffic.from_json((Path(served_dir) / TRAFFIC_FILE).read_text())
+    except OSError:
+        return None
+
+
+def write_traffic(served_dir: str, traffic: Traffic | None) -> None:
+    """Put `traffic` in force for every worker (each applies it on SIGHUP or its next look); None ends it."""
+    if traffic is None:
+        (Path(served_dir) / TRAFFIC_FILE).unlink(missing_ok=True)
+    else:
+        _write_atomically(Path(served_dir) / TRAFFIC_FILE, traffic.to_json())
+
+
 def all_serve(served_dir: str, digest: str) -> bool:
     """Whether every ready worker serves `digest`."""
     try:
@@ -212,7 +234,9 @@ def _prepare(config: WorkerConfig) -> tuple[Any, Any, socket.socket]:
     registry = Registry(config.registry_url, create=False)
     source = ModelSource(registry, ArtifactStore(project.cache_dir), project.models_dir, config.ref)
     followed = (read_ref(config.served_dir) if config.served_dir else None) or config.ref
-    served = source.load(source.resolve(followed))
+    traffic = read_traffic(config.served_dir) if config.served_dir else None
+    # During a rollout stable is pinned; the split itself is applied at the first look (follow_interval_s).
+    served = source.load(source.resolve(traffic.stable if traffic else followed))
     source.ref = followed
     metrics = ServingMetrics(multiprocess_dir=config.metrics_dir)
     supervisor = config.supervisor_pid
@@ -233,7 +257,9 @@ def _prepare(config: WorkerConfig) -> tuple[Any, Any, socket.socket]:
                      (lambda now: record_served(served_dir, os.getpid(), now.version.digest)),
                      in_step=None if served_dir is None else (lambda digest: all_serve(served_dir, digest)),
                      shared_ref=None if served_dir is None else
-                     (lambda: read_ref(served_dir), lambda ref: _write_atomically(Path(served_dir) / REF_FILE, ref)))
+                     (lambda: read_ref(served_dir), lambda ref: _write_atomically(Path(served_dir) / REF_FILE, ref)),
+                     shared_traffic=None if served_dir is None else
+                     (lambda: read_traffic(served_dir), lambda traffic: write_traffic(served_dir, traffic)))
     uv_config = uvicorn.Config(
         MetricsMiddleware(app, metrics, access_log=config.access_log), log_level="warning",
         access_log=False, lifespan="on", timeout_graceful_shutdown=5,
