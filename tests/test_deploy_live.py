@@ -3,8 +3,10 @@
 While four client threads send predictions (a new connection per request),
 the test performs 20 deploy/rollback cycles (half through `ensure_serving`,
 two of those through the `conveyor deploy` command, half by moving the
-registry alias the server follows), a rolling restart of the workers and a
-`kill -9` of one worker. It asserts that no valid request failed and that
+registry alias the server follows), a canary of a candidate that raises on
+the clients' rows (rolled back, through `conveyor deploy --strategy canary`),
+a canary that is promoted, a rolling restart of the workers and a `kill -9`
+of one worker. It asserts that no valid request failed and that
 every answer's `X-Model-Version` was a version live at that moment.
 
 The one exception the test allows is exact: a request in flight on the worker
@@ -16,6 +18,7 @@ client thread.
 from __future__ import annotations
 
 import http.client
+import importlib
 import json
 import os
 import signal
@@ -34,10 +37,12 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 from conveyor.deploy import local
+from conveyor.deploy.rollout import Policy, roll_out
 from conveyor.model import read_metadata, save_model
 from conveyor.project import Project
 from conveyor.promotion import rollback
 from conveyor.registry import Registry
+from conveyor.serving.rollout import Criteria
 from conveyor.store import ArtifactStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("deploy_live")]
@@ -50,7 +55,23 @@ ALIAS_WINDOW_S = 3.0
 (it looks every FOLLOW_INTERVAL_S, then loads; generous for a loaded CI machine)."""
 
 CLIENTS = 4
-BODY = json.dumps({"rows": [[5.1, 3.5, 1.4, 0.2]]}).encode()
+BODY = json.dumps({"rows": [[6.3, 3.3, 6.0, 2.5]]}).encode()  # large petals: the bad candidate raises
+
+BAD_MODEL = '''
+import numpy as np
+
+
+class FailsOnLargePetals:
+    """Warms up fine on the sample rows (small petals), raises on large petals."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def predict(self, X):
+        if (np.asarray(X)[:, 2] > 5).any():
+            raise ValueError("petal_length over 5 is not handled")
+        return self.inner.predict(X)
+'''
 
 
 def _free_port() -> int:
@@ -145,9 +166,10 @@ class _Line:
         self.registry = Registry(self.url)
         self.store = ArtifactStore(self.project.cache_dir)
 
-    def publish(self, C: float) -> int:
+    def publish(self, C: float, model: Any = None) -> int:
         X, y = load_iris(return_X_y=True)
-        path = save_model(LogisticRegression(C=C, max_iter=1000).fit(X, y), self.project.root / "build" / str(C), X[:5])
+        model = model if model is not None else LogisticRegression(C=C, max_iter=1000).fit(X, y)
+        path = save_model(model, self.project.root / "build" / str(C), X[:5])
         version, _ = self.registry.register(
             name="iris", digest=self.store.put(path), flavor="sklearn", signature=read_metadata(path).signature,
             metrics={}, params={}, lineage={}, gates=[], run_id=None,
@@ -193,8 +215,15 @@ def _wait_for(check: Any, what: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def test_twenty_swaps_a_restart_and_a_kill_under_load_lose_no_request(line: _Line) -> None:
+def test_twenty_swaps_two_canaries_a_restart_and_a_kill_under_load_lose_no_request(
+    line: _Line, monkeypatch: pytest.MonkeyPatch
+) -> None:
     versions = [line.publish(C) for C in (1.0, 0.5, 0.1, 0.05)]
+    (line.project.root / "petal_guard.py").write_text(BAD_MODEL)  # the workers' cwd: they unpickle it from there
+    monkeypatch.syspath_prepend(str(line.project.root))
+    X, y = load_iris(return_X_y=True)
+    bad = line.publish(0.3, importlib.import_module("petal_guard").FailsOnLargePetals(
+        LogisticRegression(max_iter=1000).fit(X, y)))
     line.promote(versions[0])
     port = _free_port()
 
@@ -240,10 +269,38 @@ def test_twenty_swaps_a_restart_and_a_kill_under_load_lose_no_request(line: _Lin
             timeline.switch(versions[0], moved, moved + ALIAS_WINDOW_S)
             time.sleep(ALIAS_WINDOW_S / 2)
 
+        # a canary of a candidate that fails on the clients' rows: judged, rolled back, never seen by a client
+        began = time.monotonic()
+        canary = subprocess.run(
+            [sys.executable, "-m", "conveyor", "deploy", f"iris@{bad}", "--strategy", "canary", "--steps", "25,100",
+             "--interval", "1", "--min-requests", "20", "--max-error-rate", "0.05"],
+            cwd=line.project.root, capture_output=True, text=True, timeout=180, check=False)
+        assert canary.returncode == 1, canary.stdout + canary.stderr
+        assert "rolled back: error rate 100.0%" in canary.stdout and "at 25% of traffic" in canary.stdout
+        timeline.switch(versions[0], began, time.monotonic())  # stable throughout
+        last = line.registry.alias_history("iris", "production")[0]
+        assert (last.kind, last.to_version) == ("rollback", versions[0]) and "error rate 100.0%" in last.reason
+        assert line.registry.aliases("iris")["production"] == versions[0]
+
+        # a canary that passes every step is promoted
+        good = versions[1]
+        began = time.monotonic()
+        timeline.spans.append([good, began, None])  # the candidate answers its share from the first step
+        outcome = roll_out(line.project, line.registry, "iris", good,
+                           Policy("canary", (25.0, 100.0), 1.0, Criteria(max_error_rate=0.05, min_requests=20)),
+                           alias="production", actor="test")
+        assert outcome.result == "promoted", outcome
+        done = time.monotonic()
+        for span in timeline.spans:  # stable stops answering once every worker has ended the split
+            if span[0] == versions[0] and span[2] is None:
+                span[2] = done + ALIAS_WINDOW_S
+        timeline.live = good
+        assert line.registry.aliases("iris")["production"] == good
+
         # a rolling restart: every worker replaced, one at a time
         before = set(_workers(supervisor))
         restarted = local.restart_workers(line.project, timeout_s=90)
-        assert restarted.version == versions[0] and not before & set(_workers(supervisor))
+        assert restarted.version == good and not before & set(_workers(supervisor))
 
         # kill -9 of one worker: it is replaced
         victim = _workers(supervisor)[0]
@@ -259,5 +316,5 @@ def test_twenty_swaps_a_restart_and_a_kill_under_load_lose_no_request(line: _Lin
     assert len(load.answers) > served_before
     wrong = [(v, round(sent, 3)) for v, sent, received in load.answers if not timeline.was_live(v, sent, received)]
     assert wrong == [], f"answered by versions that were not live then: {wrong[:10]}"
-    assert {v for v, _, _ in load.answers} == set(versions)
+    assert {v for v, _, _ in load.answers} == set(versions)  # the bad candidate answered nobody
     assert len(load.answers) > 1000

@@ -820,7 +820,14 @@ def deployments(ctx: click.Context, as_json: bool) -> None:
     if live is None:
         console.print("Nothing is deployed locally.")
         return
-    console.print(f"{live.name}@{live.version} ({live.ref}) at {live.url} · pid {live.pid} · 100% of traffic")
+    try:
+        traffic = local.deployment_state(Project.find()).get("traffic")
+    except ConveyorError:
+        traffic = None
+    split = "100% of traffic" if not traffic else (
+        f"{100 - traffic['share']:g}% of traffic, {traffic['mode']} {traffic['candidate']} {traffic['share']:g}%"
+        if traffic["mode"] == "canary" else f"100% of traffic, shadow {traffic['candidate']} gets {traffic['share']:g}%")
+    console.print(f"{live.name}@{live.version} ({live.ref}) at {live.url} · pid {live.pid} · {split}")
 
 
 @deployments.command("stop")
