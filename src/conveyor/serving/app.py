@@ -3,17 +3,18 @@
 `ServingApp` holds the version being served. A reload resolves the followed
 reference again, loads and warms the new version beside the old one, and only
 then swaps one attribute; a request reads that attribute once, so the version
-in its `X-Model-Version` header is the one that predicted. A client's mistake
-gets a 4xx that says what is wrong; nothing a client sends can stop the server.
+in its `X-Model-Version` header is the one that predicted. A server that
+follows an alias looks it up every `follow_interval_s` and swaps the same way;
+the last few versions stay in memory, so a rollback is a swap. While a rollout
+splits traffic, `routing.Router` picks stable or the candidate per request.
+The management endpoints live in `management`. A client's mistake gets a 4xx
+that says what is wrong; nothing a client sends can stop the server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import logging
-import os
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -35,8 +36,8 @@ from conveyor import __version__, defaults
 from conveyor.exceptions import ConveyorError, PayloadError, ServingError
 from conveyor.model import LoadedModel, load_verified
 from conveyor.serving import mlflow_protocol, oip, openapi
-from conveyor.serving.auth import UNAUTHORIZED, authorized
 from conveyor.serving.batching import DirectPredictor, MicroBatcher, Predictor
+from conveyor.serving.management import ManagementEndpoints
 from conveyor.serving.metrics import ServingMetrics
 from conveyor.serving.rollout import Traffic
 from conveyor.serving.routing import Router, Split
@@ -146,7 +147,7 @@ def _predictions(output: np.ndarray) -> Any:
     return output.tolist()
 
 
-class ServingApp:
+class ServingApp(ManagementEndpoints):
     """The ASGI application: routes, the served version, and hot reload.
 
     `served` is the version to start with; without it, the first one is loaded
@@ -535,129 +536,3 @@ class ServingApp:
         if served is None:
             raise _Problem(503, f"no model is loaded yet for {self.source.ref}; see GET /readyz")
         return _json({**served.describe(), "ref": self.source.ref})
-
-    async def deploy(self, request: Request) -> Response:
-        """Serve and follow another reference (`{"ref": "iris@3"}`, `{"ref": "iris@production"}`), every worker."""
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
-        body = await self._read_json(request)
-        ref = body.get("ref") if isinstance(body, dict) else None
-        if not isinstance(ref, str) or not ref:
-            raise _Problem(422, 'send {"ref": "NAME@VERSION|NAME@ALIAS"}', "ref")
-        return await self.reload(request, ref)
-
-    async def traffic(self, request: Request) -> Response:
-        """Split traffic: `{"candidate": "iris@3", "share": 10, "mode": "canary"|"shadow"}`; `{"share": 0}` ends it.
-
-        Stable is pinned to the version served now (or `"stable"`) while the split lasts.
-        """
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
-        body = await self._read_json(request)
-        if not isinstance(body, dict):
-            raise _Problem(422, 'send {"candidate": "NAME@VERSION", "share": PERCENT, "mode": "canary"}', "body")
-        try:
-            share = float(body.get("share") or 0)
-            candidate = body.get("candidate")
-            new = None
-            if share > 0:
-                if not isinstance(candidate, str) or not candidate:
-                    raise ValueError("candidate: name the version that gets the share, e.g. iris@3")
-                stable = body.get("stable") or (self.current.version.ref if self.current else None)
-                if not isinstance(stable, str):
-                    raise ValueError("stable: nothing is served yet; name the stable version")
-                new = Traffic(stable, candidate, share, body.get("mode", "canary"))
-        except (TypeError, ValueError) as exc:
-            raise _Problem(422, str(exc), "body") from None
-        read, write = self._shared_traffic
-        old = read()
-        write(new)
-        try:
-            _, served = await self._swap_to_latest()
-        except Exception as exc:
-            write(old)
-            with contextlib.suppress(Exception):
-                await self._swap_to_latest()
-            return self._reload_failed(409, str(exc) if isinstance(exc, ConveyorError) else f"{type(exc).__name__}: {exc}")
-        if self._on_reload is not None:
-            self._on_reload()
-        split = self.router.split
-        return _json({"model": served.describe(), "candidate": split.candidate.describe() if split else None,
-                      "traffic": dataclasses.asdict(split.traffic) if split else None})
-
-    async def reload(self, request: Request, ref: str | None = None) -> Response:
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
-        try:
-            previous, served = await self._swap_to_latest(ref)
-        except ConveyorError as exc:
-            return self._reload_failed(409, str(exc))
-        except Exception as exc:
-            log.exception("reload of %s failed", self.source.ref)
-            return self._reload_failed(500, f"{type(exc).__name__}: {exc}")
-        if self._on_reload is not None:
-            self._on_reload()
-        return _json({
-            "model": served.describe(),
-            "previous": previous.describe() if previous else None,
-            "changed": previous is not served,
-            "all_workers": await self._wait_in_step(served.version.digest),
-        })
-
-    async def _wait_in_step(self, digest: str) -> bool:
-        """Wait until every worker serves `digest`, so that a reload's answer holds for every request after it."""
-        if self._in_step is None:
-            return True
-        deadline = time.monotonic() + defaults.RELOAD_IN_STEP_TIMEOUT_S
-        while not self._in_step(digest):
-            if time.monotonic() > deadline:
-                log.warning("not every worker serves %s after %.0fs", digest, defaults.RELOAD_IN_STEP_TIMEOUT_S)
-                return False
-            await asyncio.sleep(0.02)
-        return True
-
-    def _refuse(self, request: Request) -> Response | None:
-        """The answer to a management request without the right token, or None when it may go ahead."""
-        if self._token is None:
-            return _json({"error": "management endpoints are disabled; start the server with a token "
-                                   "(environment variable CONVEYOR_SERVER_TOKEN)"}, 403)
-        if not authorized(request, self._token):
-            return _json({"error": UNAUTHORIZED}, 401, {"www-authenticate": "Bearer"})
-        return None
-
-    async def restart(self, request: Request) -> Response:
-        """Ask the supervisor to replace every worker, one at a time (new code, new dependencies)."""
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
-        if self._on_restart is None:
-            return _json({"error": "this server runs without a worker supervisor; restart its process"}, 409)
-        self._on_restart()
-        return _json({"restarting": True}, 202)
-
-    async def state(self, request: Request) -> Response:
-        """What this worker serves and holds in memory (management: it names artifact digests)."""
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
-        served = self.current
-        return _json({
-            "ref": self.source.ref,
-            "pid": os.getpid(),
-            "model": served.describe() if served else None,
-            "in_memory": [kept.describe() for kept in self._cache.values()],
-            "traffic": dataclasses.asdict(self.router.split.traffic) if self.router.split else None,
-            "following": self._follow_interval_s,
-            "error": self.load_error,
-        })
-
-    def _reload_failed(self, status: int, reason: str) -> Response:
-        kept = self.current
-        return _json({
-            "error": f"reload of {self.source.ref} failed, "
-                     + (f"still serving {kept.version.ref}" if kept else "nothing is served") + f": {reason}",
-            "model": kept.describe() if kept else None,
-        }, status)
