@@ -827,7 +827,7 @@ def deployments(ctx: click.Context, as_json: bool) -> None:
     split = "100% of traffic" if not traffic else (
         f"{100 - traffic['share']:g}% of traffic, {traffic['mode']} {traffic['candidate']} {traffic['share']:g}%"
         if traffic["mode"] == "canary" else f"100% of traffic, shadow {traffic['candidate']} gets {traffic['share']:g}%")
-    console.print(f"{live.name}@{live.version} ({live.ref}) at {live.url} · pid {live.pid} · {split}")
+    console.print(f"{live.name}@{live.version} ({live.ref}) at {live.url} · pid {live.pid} · {split}", soft_wrap=True)
 
 
 @deployments.command("stop")
@@ -849,3 +849,4 @@ from conveyor.deploy import cli as _deploy_cli  # noqa: E402 - registered last, 
 
 main.add_command(_deploy_cli.deploy)
 deployments.add_command(_deploy_cli.restart)
+deployments.add_command(_deploy_cli.traffic)

@@ -161,4 +161,29 @@ def restart() -> None:
                f"{time.perf_counter() - started:.2f}s.")
 
 
-__all__ = ["deploy", "restart"]
+@click.command("traffic")
+@click.argument("percent", type=click.FloatRange(0, 100))
+@click.option("--alias", default=defaults.PRODUCTION_ALIAS, show_default=True, help="Alias the server follows.")
+def traffic(percent: float, alias: str) -> None:
+    """Steer the rollout in progress by hand: 0 rolls it back, 100 promotes it, anything else holds that share.
+
+    For a rollout whose `conveyor deploy` is no longer running; the alias
+    moves (and is recorded) as an automatic rollback or promotion would move it.
+
+    \b
+    Examples:
+      conveyor deployments traffic 0
+      conveyor deployments traffic 25
+    """
+    from conveyor import config as config_module
+    from conveyor.cli import _actor
+    from conveyor.deploy.rollout import set_share
+    from conveyor.registry import Registry
+
+    project = Project.find()
+    config = config_module.load(project.root, project.state_dir)
+    with Registry(_registry_url(project, config.registry), create=False) as registry:
+        click.echo(set_share(project, registry, percent, alias=alias, actor=_actor(project)))
+
+
+__all__ = ["deploy", "restart", "traffic"]

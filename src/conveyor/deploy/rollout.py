@@ -130,3 +130,28 @@ def _roll_back(project: Project, registry: Registry, name: str, alias: str, stab
     """The alias back to stable first (so ending the split serves stable), then the split ended."""
     registry.set_alias(name, alias, stable, actor=actor, kind="rollback", reason=f"canary of v{candidate}: {reason}")
     local.set_traffic(project, None, 0)
+
+
+def set_share(project: Project, registry: Registry, share: float, *, alias: str, actor: str) -> str:
+    """Steer the rollout in progress by hand (say, one whose `conveyor deploy` was killed): 0 rolls it back,
+    100 promotes a canary, anything else holds it at `share` percent. Returns what was done."""
+    traffic = local.deployment_state(project).get("traffic")
+    if not isinstance(traffic, dict):
+        raise ServingError("no rollout is in progress on the local server; start one with "
+                           "`conveyor deploy NAME@VERSION --strategy canary`")
+    stable, candidate = registry.resolve(traffic["stable"]), registry.resolve(traffic["candidate"])
+    name, pointed = stable.name, registry.aliases(stable.name).get(alias)
+    if share <= 0:
+        if pointed == candidate.version:
+            registry.set_alias(name, alias, stable.version, actor=actor, kind="rollback", expected=pointed,
+                               reason=f"canary of v{candidate.version} rolled back by hand (traffic 0%)")
+        local.set_traffic(project, None, 0)
+        return f"rolled back: {stable.ref} answers every request"
+    if share >= 100 and traffic.get("mode") == "canary":
+        if pointed != candidate.version:
+            registry.set_alias(name, alias, candidate.version, actor=actor, kind="canary", expected=pointed,
+                               reason=f"canary of v{candidate.version} promoted by hand (traffic 100%)")
+        local.set_traffic(project, None, 0)
+        return f"promoted: {candidate.ref} answers every request ({name}@{alias})"
+    local.set_traffic(project, candidate.ref, share, mode=str(traffic.get("mode", "canary")), stable=stable.ref)
+    return f"holding: {share:g}% of traffic to {candidate.ref} ({traffic.get('mode')}), the rest to {stable.ref}"
