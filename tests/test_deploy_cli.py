@@ -113,3 +113,21 @@ def test_restart_replaces_the_workers(proj: _Project) -> None:
     assert restarted.returncode == 0, restarted.stderr
     assert restarted.stdout.startswith(f"Restarted the workers of http://127.0.0.1:{proj.port} (iris@1)")
     assert local.deployment_state(proj.project)["pid"] != before
+
+
+def test_a_restart_whose_new_workers_cannot_load_keeps_the_old_ones(proj: _Project) -> None:
+    import shutil
+
+    import httpx
+
+    assert proj.cli("deploy", "iris@production").returncode == 0
+    before = local.deployment_state(proj.project)["pid"]
+    shutil.rmtree(proj.project.models_dir)  # what a new worker would load from is gone
+    shutil.rmtree(proj.project.cache_dir)
+    restarted = proj.cli("deployments", "restart")
+    assert restarted.returncode == 1 and restarted.stderr.startswith("Error: the rolling restart of the local server")
+    assert "a new worker 0 failed 3 times to start; the old workers keep serving" in restarted.stderr
+    assert "Traceback" not in restarted.stderr
+    assert local.deployment_state(proj.project)["pid"] == before  # the old worker kept serving throughout
+    answer = httpx.post(f"http://127.0.0.1:{proj.port}/predict", json={"rows": [[5.1, 3.5, 1.4, 0.2]]}, timeout=10)
+    assert answer.status_code == 200 and answer.headers["x-model-version"] == "1"

@@ -411,45 +411,32 @@ def ensure_serving(
 def restart_workers(project: Project, *, timeout_s: float = defaults.SERVER_START_TIMEOUT_S) -> Deployment:
     """Replace the local server's workers one at a time (new code, new dependencies), without refusing a connection.
 
-    Returns once every worker process has been replaced, or raises `ServingError`.
+    Returns once every worker has been replaced; `ServingError` with the reason if the new workers could
+    not start (the old ones then keep serving).
     """
-    state = _live_state(project)
-    if state is None or state["status"] != _READY:
-        raise ServingError("no local server is running; start one with `conveyor deploy NAME@ALIAS`")
-    host, port = state["host"], int(state["port"])
-    before = set(_worker_pids(state["pid"]))
-    try:
-        status, body = _request(host, port, "POST", "/-/restart", token=state["token"], timeout=10.0)
-    except _Unreachable as exc:
-        raise ServingError(f"the local server at {url_for(host, port)} did not answer: {exc}") from None
-    if status != 202:
-        raise ServingError(f"the local server at {url_for(host, port)} refused the restart: {body.get('error', status)}")
+    state = _ready_state(project)
+    url = url_for(state["host"], int(state["port"]))
+    last = deployment_state(project).get("restart") or {}
+    generation = int(last.get("generation", 0))
+    answer = _manage(project, "POST", "/-/restart", timeout_s=10.0)
+    if not answer.get("restarting"):
+        raise ServingError(f"the local server at {url} did not start a restart: {answer}")
     deadline = time.monotonic() + timeout_s
-    while before & set(_worker_pids(state["pid"])):
+    while True:
+        status = deployment_state(project).get("restart") or {}
+        if int(status.get("generation", 0)) > generation and status.get("state") in ("done", "failed"):
+            break
         if time.monotonic() > deadline:
-            raise ServingError(f"the workers of the local server at {url_for(host, port)} were not all replaced "
-                               f"within {timeout_s:.0f}s; see {project.server_log_path}")
+            raise ServingError(f"the workers of the local server at {url} were not all replaced within "
+                               f"{timeout_s:.0f}s; see {project.server_log_path}")
         time.sleep(0.1)
+    if status["state"] == "failed":
+        raise ServingError(f"the rolling restart of the local server at {url} stopped: {status.get('reason')}; "
+                           f"see {project.server_log_path}")
     deployment = current(project)
     if deployment is None:
-        raise ServingError(f"the local server at {url_for(host, port)} stopped during the restart; "
-                           f"see {project.server_log_path}")
+        raise ServingError(f"the local server at {url} stopped during the restart; see {project.server_log_path}")
     return deployment
-
-
-def _worker_pids(supervisor: int) -> list[int]:
-    """The live child processes of `supervisor` (its workers), from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if len(fields) > 1 and fields[1] == str(supervisor) and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 def _ready_state(project: Project) -> dict[str, Any]:

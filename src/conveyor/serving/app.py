@@ -173,6 +173,7 @@ class ServingApp(ManagementEndpoints):
         in_step: Callable[[str], bool] | None = None,
         shared_ref: tuple[Callable[[], str | None], Callable[[str], None]] | None = None,
         shared_traffic: tuple[Callable[[], Traffic | None], Callable[[Traffic | None], None]] | None = None,
+        extra_state: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.source = source
         self._on_restart = on_restart  # asks the supervisor for a rolling restart of every worker
@@ -183,6 +184,7 @@ class ServingApp(ManagementEndpoints):
         self._traffic: Traffic | None = None  # the split in force when no worker shares it
         self._shared_traffic = shared_traffic or (lambda: self._traffic, self._set_local_traffic)
         self.router = Router(metrics)
+        self._extra_state = extra_state  # the supervisor's side of GET /-/state (the last rolling restart)
         self._cache: OrderedDict[str, Served] = OrderedDict()  # recent versions by digest: a rollback is a swap
         self.metrics = metrics
         self._batching = (batching, max_batch_rows, max_wait_ms)

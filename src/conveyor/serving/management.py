@@ -51,6 +51,7 @@ class ManagementEndpoints:
     _shared_traffic: tuple[Callable[[], Traffic | None], Callable[[Traffic | None], None]]
     _cache: OrderedDict[str, Served]
     _follow_interval_s: float | None
+    _extra_state: Callable[[], dict[str, Any]] | None
 
     async def _swap_to_latest(self, ref: str | None = None) -> tuple[Served | None, Served]:
         raise NotImplementedError
@@ -176,6 +177,7 @@ class ManagementEndpoints:
             "traffic": dataclasses.asdict(self.router.split.traffic) if self.router.split else None,
             "following": self._follow_interval_s,
             "error": self.load_error,
+            **(self._extra_state() if self._extra_state else {}),
         })
 
     def _reload_failed(self, status: int, reason: str) -> Response:

@@ -212,6 +212,25 @@ def write_traffic(served_dir: str, traffic: Traffic | None) -> None:
         _write_atomically(Path(served_dir) / TRAFFIC_FILE, traffic.to_json())
 
 
+RESTART_FILE = "restart"
+"""In `WorkerConfig.served_dir`: the last rolling restart, `{"generation": N, "state": running|done|failed,
+"reason": ...}`, written by the supervisor and shown by GET /-/state."""
+
+
+def record_restart(served_dir: str, status: dict[str, Any]) -> None:
+    """Note how the rolling restart stands (the supervisor's side)."""
+    _write_atomically(Path(served_dir) / RESTART_FILE, json.dumps(status))
+
+
+def read_restart(served_dir: str) -> dict[str, Any] | None:
+    """The last rolling restart's status, or None before the first."""
+    try:
+        status = json.loads((Path(served_dir) / RESTART_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
 def all_serve(served_dir: str, digest: str) -> bool:
     """Whether every ready worker serves `digest`."""
     try:
@@ -258,6 +277,7 @@ def _prepare(config: WorkerConfig) -> tuple[Any, Any, socket.socket]:
                      in_step=None if served_dir is None else (lambda digest: all_serve(served_dir, digest)),
                      shared_ref=None if served_dir is None else
                      (lambda: read_ref(served_dir), lambda ref: _write_atomically(Path(served_dir) / REF_FILE, ref)),
+                     extra_state=None if served_dir is None else (lambda: {"restart": read_restart(served_dir)}),
                      shared_traffic=None if served_dir is None else
                      (lambda: read_traffic(served_dir), lambda traffic: write_traffic(served_dir, traffic)))
     uv_config = uvicorn.Config(

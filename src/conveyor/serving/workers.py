@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 
 from conveyor.exceptions import ServingError
-from conveyor.serving.worker import CONFIG_ENV, WorkerConfig, record_workers
+from conveyor.serving.worker import CONFIG_ENV, WorkerConfig, record_restart, record_workers
 
 log = logging.getLogger("conveyor.serving")
 
@@ -81,6 +81,8 @@ class Supervisor:
         self.restart_requested = False
         self.hup_requested = False
         self._recorded: list[int] | None = None
+        self.generation = 0  # rolling restarts asked for so far
+        self._errors: dict[int, str] = {}  # slot -> why its last worker could not serve
 
     # -- signals ---------------------------------------------------------------
 
@@ -185,8 +187,12 @@ class Supervisor:
             log.warning("worker %d (pid %d) exited with status %d; replacing it", worker.slot, pid, code)
             if now - worker.started < 1.0:
                 time.sleep(_RESTART_BACKOFF_S)
+            self._errors[worker.slot] = worker.error
             self._spawn(worker.slot)
         self._record_ready()
+
+    def _last_error(self, slot: int) -> str:
+        return self._errors.get(slot, "")
 
     def _record_ready(self) -> None:
         """Tell the workers which of them answer now (a reload waits until all of those serve the new version)."""
@@ -195,8 +201,23 @@ class Supervisor:
             record_workers(self.config.served_dir, ready)
             self._recorded = ready
 
+    def _record_restart(self, state: str, reason: str = "") -> None:
+        if self.config.served_dir is not None:
+            record_restart(self.config.served_dir, {"generation": self.generation, "state": state, "reason": reason})
+
     def rolling_restart(self) -> bool:
         """Replace every worker, one at a time, each new one ready before the old one is stopped."""
+        self.generation += 1
+        self._record_restart("running")
+        old = set(self.workers)
+        done = self._replace_all()
+        while done and old & set(self.retiring) and not self.stopping:
+            self.tick()  # "done" once the old workers have finished what they accepted and exited
+        if done:
+            self._record_restart("done")
+        return done
+
+    def _replace_all(self) -> bool:
         log.info("rolling restart of %d worker(s)", len(self.workers))
         for slot in sorted({w.slot for w in self.workers.values()}):
             old = [w for w in self.workers.values() if w.slot == slot]
@@ -206,13 +227,16 @@ class Supervisor:
             failures = 0
             while not any(w.slot == slot and not w.superseded and w.ready for w in self.workers.values()):
                 if self.stopping:
+                    self._record_restart("failed", "the server is stopping")
                     return False
                 starting = {pid for pid, w in self.workers.items() if w.slot == slot and not w.superseded}
                 self.tick()  # replaces a successor that died, like any worker
                 failures += len(starting - set(self.workers))
                 if failures >= _RESTART_ATTEMPTS and any(w.process.poll() is None for w in old):
-                    log.error("rolling restart stopped: a new worker %d failed %d times to start; "
-                              "the old workers keep serving", slot, failures)
+                    reason = (f"a new worker {slot} failed {failures} times to start; the old workers keep "
+                              f"serving{': ' + last_error if (last_error := self._last_error(slot)) else ''}")
+                    log.error("rolling restart stopped: %s", reason)
+                    self._record_restart("failed", reason)
                     for worker in self.workers.values():
                         if worker.slot == slot:
                             worker.superseded = worker not in old
