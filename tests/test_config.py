@@ -295,12 +295,13 @@ def test_gate_combinations_are_checked(tmp_path: Path, gate: str, expected: str)
 def test_deploy_rollout_keys_load_and_survive_the_cache(tmp_path: Path) -> None:
     text = VALID + ("deploy:\n  workers: 3\n  follow_interval_s: 0.5\n  strategy: canary\n"
                     "  canary: {steps: [5, 25, 100], interval_s: 10, min_requests: 50, max_error_rate: 0.02, "
-                    "max_p99_ms: 40}\n  shadow: {share: 20}\n")
+                    "max_p99_ms: 40}\n  shadow: {share: 20}\n  predictions_need_token: true\n")
     root = _project(tmp_path, text)
     for _ in range(2):  # parsed, then read back from the cache
         deploy = config.load(root, tmp_path / "state").deploy
         assert (deploy.workers, deploy.follow_interval_s, deploy.strategy) == (3, 0.5, "canary")
         assert deploy.canary.steps == [5, 25, 100] and deploy.canary.max_p99_ms == 40 and deploy.shadow.share == 20
+        assert deploy.predictions_need_token is True
 
 
 @pytest.mark.parametrize(("deploy", "expected"), [

@@ -131,3 +131,26 @@ def test_a_restart_whose_new_workers_cannot_load_keeps_the_old_ones(proj: _Proje
     assert local.deployment_state(proj.project)["pid"] == before  # the old worker kept serving throughout
     answer = httpx.post(f"http://127.0.0.1:{proj.port}/predict", json={"rows": [[5.1, 3.5, 1.4, 0.2]]}, timeout=10)
     assert answer.status_code == 200 and answer.headers["x-model-version"] == "1"
+
+
+def test_predictions_need_token_guards_predictions_with_a_private_token_file(proj: _Project) -> None:
+    import stat
+
+    import httpx
+
+    config = proj.root / "conveyor.yaml"
+    config.write_text(config.read_text().replace("deploy: {workers: 1,", "deploy: {workers: 1, predictions_need_token: true,"))
+    assert proj.cli("deploy", "iris@production").returncode == 0
+    path = proj.project.state_dir / "predict.token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    url = f"http://127.0.0.1:{proj.port}"
+    row = {"rows": [[5.1, 3.5, 1.4, 0.2]]}
+    assert httpx.post(f"{url}/predict", json=row, timeout=10).status_code == 401
+    token = path.read_text().strip()
+    assert httpx.post(f"{url}/predict", json=row, headers={"authorization": f"Bearer {token}"},
+                      timeout=10).status_code == 200
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    path.chmod(0o644)  # loosened by hand: the next start tightens it again and keeps the token
+    assert proj.cli("deployments", "stop").returncode == 0
+    assert proj.cli("deploy", "iris@production").returncode == 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text().strip() == token

@@ -200,3 +200,20 @@ def test_a_split_to_what_cannot_serve_is_refused_and_changes_nothing(running: _R
     assert running.client.get("/-/state", headers=AUTH).json()["traffic"] is None
     bad = running.client.post("/-/traffic", json={"candidate": "iris@1", "share": 150}, headers=AUTH)
     assert bad.status_code == 422 and "percentage" in bad.json()["error"]
+
+
+def test_with_a_prediction_token_every_prediction_route_needs_it_and_probes_stay_open(line: Line) -> None:
+    source = line.source()
+    app = ServingApp(source, token=TOKEN, served=source.load(line.publish()), predict_token="p-token")
+    with _Server(app) as running, httpx.Client(base_url=running.url, timeout=20) as client:
+        routes = [("/predict", {"rows": [ROW]}), ("/invocations", {"instances": [ROW]}),
+                  ("/v2/models/iris/infer", {"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP64",
+                                                          "data": ROW}]})]
+        for path, body in routes:
+            for headers in ({}, {"authorization": "Bearer wrong"}, AUTH):  # the management token is not it either
+                refused = client.post(path, json=body, headers=headers)
+                assert refused.status_code == 401 and "prediction token" in refused.json()["error"], path
+            answered = client.post(path, json=body, headers={"authorization": "Bearer p-token"})
+            assert answered.status_code == 200, (path, answered.text)
+        for probe in ("/healthz", "/readyz", "/version", "/v2/health/ready"):
+            assert client.get(probe).status_code == 200, probe

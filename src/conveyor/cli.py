@@ -542,7 +542,8 @@ class _ProjectRegistry:
         deployment = local.ensure_serving(self.project, ref, host=self.config.deploy.host, port=port,
                                           registry_url=self.registry.url, expected_digest=target.digest,
                                           workers=self.config.deploy.workers,
-                                          follow_interval_s=self.config.deploy.follow_interval_s)
+                                          follow_interval_s=self.config.deploy.follow_interval_s,
+                                          predictions_need_token=self.config.deploy.predictions_need_token)
         return f"{deployment.url} now serves v{deployment.version} ({time.perf_counter() - started:.2f}s)"
 
 
@@ -792,7 +793,8 @@ def serve(ref: str, host: str, port: int, workers: int, batching: bool, max_batc
     from conveyor.serving.server import ServingOptions
 
     options = ServingOptions(workers=workers, batching=batching, max_batch_rows=max_batch_rows,
-                             max_wait_ms=max_wait_ms, access_log=access_log, follow_interval_s=follow_interval_s)
+                             max_wait_ms=max_wait_ms, access_log=access_log, follow_interval_s=follow_interval_s,
+                             predict_token=os.environ.get("CONVEYOR_PREDICT_TOKEN") or None)
     serve_model(project, ref, host=host, port=port, registry_url=_registry_url(project),
                 token=os.environ.get("CONVEYOR_SERVER_TOKEN") or None, options=options)
 

@@ -234,6 +234,7 @@ class DeployConfig:
     strategy: Literal["replace", "canary", "shadow"] = "replace"
     canary: CanaryConfig = field(default_factory=CanaryConfig)
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
+    predictions_need_token: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:

@@ -298,7 +298,8 @@ class _Line:
         deployment = local.ensure_serving(self.project, ref, host=self.options.host, port=self.options.port,
                                           registry_url=self.registry_url, expected_digest=digest,
                                           workers=self.config.deploy.workers,
-                                          follow_interval_s=self.config.deploy.follow_interval_s)
+                                          follow_interval_s=self.config.deploy.follow_interval_s,
+                                          predictions_need_token=self.config.deploy.predictions_need_token)
         self._finish(step, "ran", f"v{deployment.version} is live at {deployment.url}", url=deployment.url)
 
     # -- the whole line ----------------------------------------------------------------

@@ -102,7 +102,8 @@ def deploy(ref: str, strategy: str | None, steps: str | None, interval_s: float 
     live = local.ensure_serving(project, ref, host=config.deploy.host, port=_port(port, config.deploy.port),
                                 registry_url=registry_url, expected_digest=target.digest,
                                 workers=workers or config.deploy.workers,
-                                follow_interval_s=config.deploy.follow_interval_s)
+                                follow_interval_s=config.deploy.follow_interval_s,
+                                predictions_need_token=config.deploy.predictions_need_token)
     took = time.perf_counter() - started
     if as_json:
         click.echo(json.dumps({"ref": live.ref, "name": live.name, "version": live.version, "digest": live.digest,

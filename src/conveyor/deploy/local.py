@@ -41,6 +41,9 @@ from conveyor.store import atomic_write_text
 TOKEN_ENV = "CONVEYOR_SERVER_TOKEN"
 """Environment variable that hands the management token to `conveyor serve` (never argv: `ps` shows argv)."""
 
+PREDICT_TOKEN_ENV = "CONVEYOR_PREDICT_TOKEN"
+"""Environment variable that hands `conveyor serve` the token prediction requests must carry (if any)."""
+
 REGISTRY_ENV = "CONVEYOR_REGISTRY_URL"
 """Environment variable that tells `conveyor serve` which registry to read (it may hold a password)."""
 
@@ -301,10 +304,30 @@ def _abandon(project: Project, process: subprocess.Popen[bytes]) -> None:
         project.server_state_path.unlink(missing_ok=True)
 
 
+def predict_token(project: Project) -> str:
+    """The token prediction requests carry when `deploy.predictions_need_token` is on: created on first use in
+    `.conveyor/predict.token`, readable by its owner only (re-tightened if someone loosened it)."""
+    path = project.state_dir / "predict.token"
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        token = ""
+    if not token:
+        project.state_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            token = secrets.token_urlsafe(32)
+            handle.write(token + "\n")
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+    return token
+
+
 def _start(project: Project, ref: str, host: str, port: int, registry_url: str, timeout_s: float, workers: int,
-           follow_interval_s: float) -> Deployment:
+           follow_interval_s: float, predictions_need_token: bool) -> Deployment:
     _check_port_free(host, port)
     token = secrets.token_urlsafe(32)
+    guard = {PREDICT_TOKEN_ENV: predict_token(project)} if predictions_need_token else {}
     project.state_dir.mkdir(parents=True, exist_ok=True)
     log_path = project.server_log_path
     process: subprocess.Popen[bytes] | None = None
@@ -316,7 +339,8 @@ def _start(project: Project, ref: str, host: str, port: int, registry_url: str, 
                 # every request sees from then on, however many workers there are.
                 [sys.executable, "-m", "conveyor", "serve", ref, "--host", host, "--port", str(port),
                  "--workers", str(workers), "--follow-interval", str(follow_interval_s)],
-                cwd=project.root, env={**os.environ, TOKEN_ENV: token, REGISTRY_ENV: registry_url},
+                cwd=project.root, env={**{k: v for k, v in os.environ.items() if k != PREDICT_TOKEN_ENV},
+                                       TOKEN_ENV: token, REGISTRY_ENV: registry_url, **guard},
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         # Reap the child whenever it exits, for as long as this process lives; it outlives us otherwise.
@@ -324,7 +348,7 @@ def _start(project: Project, ref: str, host: str, port: int, registry_url: str, 
         # Recorded before it is ready, so that a run killed meanwhile leaves a record the next run cleans up.
         state: dict[str, Any] = {
             "status": _STARTING, "pid": process.pid, "host": host, "port": port, "token": token, "ref": ref,
-            "registry": _fingerprint(registry_url),
+            "registry": _fingerprint(registry_url), "predictions_need_token": predictions_need_token,
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         _write_state(project, state)
@@ -383,6 +407,7 @@ def ensure_serving(
     timeout_s: float = defaults.SERVER_START_TIMEOUT_S,
     workers: int = defaults.DEPLOY_WORKERS,
     follow_interval_s: float = defaults.FOLLOW_INTERVAL_S,
+    predictions_need_token: bool = False,
 ) -> Deployment:
     """Make the local server serve what `ref` points to now; return what it serves.
 
@@ -390,7 +415,8 @@ def ensure_serving(
     registry is told to serve `ref` (every worker swaps, no request is lost);
     if the new version cannot load, it keeps the old one and this raises
     `ServingError` with the reason.
-    Otherwise (none running, or on another port or registry) a new
+    Otherwise (none running, or on another port or registry, or with another
+    `predictions_need_token`: then predictions need `predict_token`) a new
     server is started in its place, with `workers` worker processes that look
     up where `ref` points every `follow_interval_s`; if that is interrupted or
     fails, the new server is stopped. With `expected_digest`, a server that ends up serving
@@ -398,13 +424,14 @@ def ensure_serving(
     """
     state = _live_state(project)
     if state is not None:
-        where = (state["host"], int(state["port"]), state["registry"])
-        if state["status"] == _READY and where == (host, port, _fingerprint(registry_url)):
+        where = (state["host"], int(state["port"]), state["registry"], bool(state.get("predictions_need_token")))
+        if state["status"] == _READY and where == (host, port, _fingerprint(registry_url), predictions_need_token):
             reloaded = _reload(project, state, timeout_s, ref)
             if reloaded is not None:
                 return _check_digest(reloaded, expected_digest, "reloaded")
         stop(project)
-    started = _start(project, ref, host, port, registry_url, timeout_s, workers, follow_interval_s)
+    started = _start(project, ref, host, port, registry_url, timeout_s, workers, follow_interval_s,
+                     predictions_need_token)
     return _check_digest(started, expected_digest, "started")
 
 

@@ -36,6 +36,7 @@ from conveyor import __version__, defaults
 from conveyor.exceptions import ConveyorError, PayloadError, ServingError
 from conveyor.model import LoadedModel, load_verified
 from conveyor.serving import mlflow_protocol, oip, openapi
+from conveyor.serving.auth import UNAUTHORIZED, authorized
 from conveyor.serving.batching import DirectPredictor, MicroBatcher, Predictor
 from conveyor.serving.management import ManagementEndpoints
 from conveyor.serving.metrics import ServingMetrics
@@ -125,6 +126,12 @@ def _answer(body: Any, served: Served) -> Response:
     )
 
 
+def _is_prediction(scope: Scope) -> bool:
+    """Whether a request asks for a prediction (the routes `deploy.predictions_need_token` guards)."""
+    path: str = scope.get("path", "")
+    return path in ("/predict", "/invocations") or (path.startswith("/v2/models/") and path.endswith("/infer"))
+
+
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").partition(";")[0].strip().lower()
 
@@ -174,6 +181,7 @@ class ServingApp(ManagementEndpoints):
         shared_ref: tuple[Callable[[], str | None], Callable[[str], None]] | None = None,
         shared_traffic: tuple[Callable[[], Traffic | None], Callable[[Traffic | None], None]] | None = None,
         extra_state: Callable[[], dict[str, Any]] | None = None,
+        predict_token: str | None = None,
     ) -> None:
         self.source = source
         self._on_restart = on_restart  # asks the supervisor for a rolling restart of every worker
@@ -185,6 +193,7 @@ class ServingApp(ManagementEndpoints):
         self._shared_traffic = shared_traffic or (lambda: self._traffic, self._set_local_traffic)
         self.router = Router(metrics)
         self._extra_state = extra_state  # the supervisor's side of GET /-/state (the last rolling restart)
+        self._predict_token = predict_token.encode() if predict_token else None  # None: predictions are open
         self._cache: OrderedDict[str, Served] = OrderedDict()  # recent versions by digest: a rollback is a swap
         self.metrics = metrics
         self._batching = (batching, max_batch_rows, max_wait_ms)
@@ -229,6 +238,11 @@ class ServingApp(ManagementEndpoints):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
+            return
+        if self._predict_token is not None and _is_prediction(scope) and not authorized(Request(scope),
+                                                                                       self._predict_token):
+            await _json({"error": UNAUTHORIZED.replace("server's token", "prediction token")}, 401,
+                        {"www-authenticate": "Bearer"})(scope, receive, send)
             return
 
         async def send_with_version(message: Message) -> None:

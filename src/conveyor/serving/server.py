@@ -67,6 +67,7 @@ class ServingOptions:
     max_wait_ms: float = defaults.MAX_BATCH_WAIT_MS
     access_log: bool = False
     follow_interval_s: float = defaults.FOLLOW_INTERVAL_S
+    predict_token: str | None = None  # None: prediction endpoints need no token
 
 
 def serve(
@@ -110,6 +111,7 @@ def serve(
             ready_fd=-1, supervisor_pid=os.getpid(), batching=options.batching,
             max_batch_rows=options.max_batch_rows, max_wait_ms=options.max_wait_ms, access_log=options.access_log,
             metrics_dir=metrics_dir, follow_interval_s=options.follow_interval_s, served_dir=served_dir,
+            predict_token=options.predict_token,
         )
         workers.run(config, sock, options.workers)
     finally:

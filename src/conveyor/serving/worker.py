@@ -64,6 +64,7 @@ class WorkerConfig:
     follow_interval_s: float = 1.0
     slot: int = 0
     served_dir: str | None = None  # each worker's served digest, and the supervisor's list of ready workers
+    predict_token: str | None = None  # None: prediction endpoints need no token
 
     def to_env(self) -> str:
         return json.dumps(asdict(self))
@@ -277,6 +278,7 @@ def _prepare(config: WorkerConfig) -> tuple[Any, Any, socket.socket]:
                      in_step=None if served_dir is None else (lambda digest: all_serve(served_dir, digest)),
                      shared_ref=None if served_dir is None else
                      (lambda: read_ref(served_dir), lambda ref: _write_atomically(Path(served_dir) / REF_FILE, ref)),
+                     predict_token=config.predict_token,
                      extra_state=None if served_dir is None else (lambda: {"restart": read_restart(served_dir)}),
                      shared_traffic=None if served_dir is None else
                      (lambda: read_traffic(served_dir), lambda traffic: write_traffic(served_dir, traffic)))
