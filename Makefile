@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-serving bench-triggers lint clean
+.PHONY: demo test bench bench-serving bench-triggers bench-deploy lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ bench-serving: $(STAMP)  ## Serving throughput vs MLflow and bare Starlette (nee
 
 bench-triggers: $(STAMP)  ## Trigger costs: commit with/without the hook, signed webhook push, a flood of pushes.
 	$(BIN)/python benchmarks/triggers.py
+
+bench-deploy: $(STAMP)  ## Deploys and rollbacks under load: failed requests (must be 0), time to 100 %.
+	$(BIN)/python benchmarks/deploy.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -290,3 +290,29 @@ def test_gate_key_errors_point_at_the_key(tmp_path: Path, replace: str, by: str,
 )
 def test_gate_combinations_are_checked(tmp_path: Path, gate: str, expected: str) -> None:
     assert expected in _problems(tmp_path, VALID + gate)
+
+
+def test_deploy_rollout_keys_load_and_survive_the_cache(tmp_path: Path) -> None:
+    text = VALID + ("deploy:\n  workers: 3\n  follow_interval_s: 0.5\n  strategy: canary\n"
+                    "  canary: {steps: [5, 25, 100], interval_s: 10, min_requests: 50, max_error_rate: 0.02, "
+                    "max_p99_ms: 40}\n  shadow: {share: 20}\n  predictions_need_token: true\n")
+    root = _project(tmp_path, text)
+    for _ in range(2):  # parsed, then read back from the cache
+        deploy = config.load(root, tmp_path / "state").deploy
+        assert (deploy.workers, deploy.follow_interval_s, deploy.strategy) == (3, 0.5, "canary")
+        assert deploy.canary.steps == [5, 25, 100] and deploy.canary.max_p99_ms == 40 and deploy.shadow.share == 20
+        assert deploy.predictions_need_token is True
+
+
+@pytest.mark.parametrize(("deploy", "expected"), [
+    ("  canary: {steps: [50, 10]}", "deploy.canary.steps: must be rising percentages"),
+    ("  canary: {max_error_rate: 2}", "deploy.canary.max_error_rate: must be a fraction between 0 and 1"),
+    ("  canary: {interval: 3}", "deploy.canary.interval: unknown key"),
+    ("  shadow: {share: 0}", "deploy.shadow.share: must be a percentage in (0, 100]"),
+    ("  strategy: blue-green", "deploy.strategy: Input should be 'replace', 'canary' or 'shadow'"),
+    ("  workers: 0", "deploy.workers: must be between 1 and 64"),
+])
+def test_bad_deploy_keys_name_line_and_key(tmp_path: Path, deploy: str, expected: str) -> None:
+    text = VALID + "deploy:\n" + deploy + "\n"
+    line = text.count("\n")  # the last line
+    assert f"conveyor.yaml:{line}: {expected}" in _problems(tmp_path, text)

@@ -547,7 +547,10 @@ class _ProjectRegistry:
 
         port = urlsplit(live.url).port or self.config.deploy.port
         deployment = local.ensure_serving(self.project, ref, host=self.config.deploy.host, port=port,
-                                          registry_url=self.registry.url, expected_digest=target.digest)
+                                          registry_url=self.registry.url, expected_digest=target.digest,
+                                          workers=self.config.deploy.workers,
+                                          follow_interval_s=self.config.deploy.follow_interval_s,
+                                          predictions_need_token=self.config.deploy.predictions_need_token)
         return f"{deployment.url} now serves v{deployment.version} ({time.perf_counter() - started:.2f}s)"
 
 
@@ -776,8 +779,10 @@ def models_lineage(ref: str, as_json: bool) -> None:
 @click.option("--max-wait-ms", type=click.FloatRange(0), default=defaults.MAX_BATCH_WAIT_MS, show_default=True,
               help="Longest wait for more requests to batch.")
 @click.option("--access-log", is_flag=True, help="One JSON line per request on the conveyor.access logger.")
+@click.option("--follow-interval", "follow_interval_s", type=click.FloatRange(0.05), default=defaults.FOLLOW_INTERVAL_S,
+              show_default=True, help="Seconds between looks at where REF points (an alias that moved is swapped in).")
 def serve(ref: str, host: str, port: int, workers: int, batching: bool, max_batch_rows: int, max_wait_ms: float,
-          access_log: bool) -> None:
+          access_log: bool, follow_interval_s: float) -> None:
     """Serve a model version over HTTP in the foreground (Ctrl-C stops it).
 
     REF is NAME, NAME@VERSION or NAME@ALIAS. The management endpoint
@@ -795,7 +800,8 @@ def serve(ref: str, host: str, port: int, workers: int, batching: bool, max_batc
     from conveyor.serving.server import ServingOptions
 
     options = ServingOptions(workers=workers, batching=batching, max_batch_rows=max_batch_rows,
-                             max_wait_ms=max_wait_ms, access_log=access_log)
+                             max_wait_ms=max_wait_ms, access_log=access_log, follow_interval_s=follow_interval_s,
+                             predict_token=os.environ.get("CONVEYOR_PREDICT_TOKEN") or None)
     serve_model(project, ref, host=host, port=port, registry_url=_registry_url(project),
                 token=os.environ.get("CONVEYOR_SERVER_TOKEN") or None, options=options)
 
@@ -823,7 +829,14 @@ def deployments(ctx: click.Context, as_json: bool) -> None:
     if live is None:
         console.print("Nothing is deployed locally.")
         return
-    console.print(f"{live.name}@{live.version} ({live.ref}) at {live.url} · pid {live.pid} · 100% of traffic")
+    try:
+        traffic = local.deployment_state(Project.find()).get("traffic")
+    except ConveyorError:
+        traffic = None
+    split = "100% of traffic" if not traffic else (
+        f"{100 - traffic['share']:g}% of traffic, {traffic['mode']} {traffic['candidate']} {traffic['share']:g}%"
+        if traffic["mode"] == "canary" else f"100% of traffic, shadow {traffic['candidate']} gets {traffic['share']:g}%")
+    console.print(f"{live.name}@{live.version} ({live.ref}) at {live.url} · pid {live.pid} · {split}", soft_wrap=True)
 
 
 @deployments.command("stop")
@@ -857,3 +870,9 @@ main.add_command(hooks)
 from conveyor.triggers.cli import watch  # noqa: E402
 
 main.add_command(watch)
+# -- deploy (conveyor/deploy/cli.py) --------------------------------------------------------
+from conveyor.deploy import cli as _deploy_cli  # noqa: E402 - registered last, after the groups exist
+
+main.add_command(_deploy_cli.deploy)
+deployments.add_command(_deploy_cli.restart)
+deployments.add_command(_deploy_cli.traffic)

@@ -189,16 +189,60 @@ class GateConfig:
 
 
 @dataclass(frozen=True)
+class CanaryConfig:
+    __pydantic_config__ = _STRICT
+
+    steps: list[float] = field(default_factory=lambda: list(defaults.CANARY_STEPS))
+    interval_s: float = defaults.CANARY_INTERVAL_S
+    min_requests: int = defaults.CANARY_MIN_REQUESTS
+    max_error_rate: float = defaults.CANARY_MAX_ERROR_RATE
+    max_p99_ms: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.steps or any(not 0 < s <= 100 for s in self.steps) or self.steps != sorted(self.steps):
+            raise ValueError(f"steps: must be rising percentages in (0, 100], such as [10, 50, 100], not {self.steps}")
+        if self.interval_s <= 0:
+            raise ValueError(f"interval_s: must be positive, not {self.interval_s}")
+        if self.min_requests < 1:
+            raise ValueError(f"min_requests: must be at least 1, not {self.min_requests}")
+        if not 0 <= self.max_error_rate <= 1:
+            raise ValueError(f"max_error_rate: must be a fraction between 0 and 1, not {self.max_error_rate}")
+        if self.max_p99_ms is not None and self.max_p99_ms <= 0:
+            raise ValueError(f"max_p99_ms: must be positive, not {self.max_p99_ms}")
+
+
+@dataclass(frozen=True)
+class ShadowConfig:
+    __pydantic_config__ = _STRICT
+
+    share: float = defaults.SHADOW_SHARE
+
+    def __post_init__(self) -> None:
+        if not 0 < self.share <= 100:
+            raise ValueError(f"share: must be a percentage in (0, 100], not {self.share}")
+
+
+@dataclass(frozen=True)
 class DeployConfig:
     __pydantic_config__ = _STRICT
 
     target: Literal["local"] = "local"
     host: str = defaults.HOST
     port: int = defaults.PORT
+    workers: int = defaults.DEPLOY_WORKERS
+    follow_interval_s: float = defaults.FOLLOW_INTERVAL_S
+    strategy: Literal["replace", "canary", "shadow"] = "replace"
+    canary: CanaryConfig = field(default_factory=CanaryConfig)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
+    predictions_need_token: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:
             raise ValueError(f"port: must be between 1 and 65535, not {self.port}")
+        if not 1 <= self.workers <= 64:
+            raise ValueError(f"workers: must be between 1 and 64, not {self.workers}")
+        if not 0.05 <= self.follow_interval_s <= 3600:
+            raise ValueError(f"follow_interval_s: must be between 0.05 and 3600 seconds, not {self.follow_interval_s}")
 
 
 @dataclass(frozen=True)

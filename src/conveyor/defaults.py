@@ -60,3 +60,38 @@ UI_HOST = "127.0.0.1"
 """Interface the dashboard binds to; loopback unless asked, as it shows the whole project."""
 WATCH_INTERVAL_S = 30.0
 """How often `conveyor watch` looks for new commits on the branch."""
+FOLLOW_INTERVAL_S = 1.0
+"""How often a server that follows an alias (`iris@production`) asks the registry where it points;
+a rollback is live within this interval plus the time to swap (a cached version swaps at once)."""
+
+DEPLOY_WORKERS = 2
+"""Worker processes of the managed local deployment (`deploy.workers`): with two, a rolling restart
+or a killed worker always leaves one answering."""
+
+KEPT_VERSIONS = 3
+"""Model versions a server worker keeps loaded (the one serving and those before it), so that a
+rollback to one of them is a swap, not a load."""
+
+RELOAD_IN_STEP_TIMEOUT_S = 20.0
+"""How long a reload asked of one worker waits for the others to serve the same version before it answers."""
+
+STRATEGY = "replace"
+"""How `conveyor deploy` puts a new version live: replace (hot swap), canary or shadow."""
+
+CANARY_STEPS = (10.0, 50.0, 100.0)
+"""Percent of traffic a canary gets, step by step."""
+
+CANARY_INTERVAL_S = 30.0
+"""How long each canary step lasts before it is judged passed."""
+
+CANARY_MIN_REQUESTS = 20
+"""Requests a canary must have answered in a step before it can be judged."""
+
+CANARY_MAX_ERROR_RATE = 0.01
+"""Share of a canary's predictions that may fail before it is rolled back."""
+
+CANARY_PATIENCE_S = 60.0
+"""How much longer than its interval a step waits for enough requests before the canary is rolled back."""
+
+SHADOW_SHARE = 100.0
+"""Percent of requests copied to a shadow candidate."""

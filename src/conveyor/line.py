@@ -297,7 +297,10 @@ class _Line:
             return
         assert self.options.host is not None and self.options.port is not None, "run_line resolves them"
         deployment = local.ensure_serving(self.project, ref, host=self.options.host, port=self.options.port,
-                                          registry_url=self.registry_url, expected_digest=digest)
+                                          registry_url=self.registry_url, expected_digest=digest,
+                                          workers=self.config.deploy.workers,
+                                          follow_interval_s=self.config.deploy.follow_interval_s,
+                                          predictions_need_token=self.config.deploy.predictions_need_token)
         self._finish(step, "ran", f"v{deployment.version} is live at {deployment.url}", url=deployment.url)
 
     # -- the whole line ----------------------------------------------------------------

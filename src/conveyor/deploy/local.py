@@ -41,11 +41,15 @@ from conveyor.store import atomic_write_text
 TOKEN_ENV = "CONVEYOR_SERVER_TOKEN"
 """Environment variable that hands the management token to `conveyor serve` (never argv: `ps` shows argv)."""
 
+PREDICT_TOKEN_ENV = "CONVEYOR_PREDICT_TOKEN"
+"""Environment variable that hands `conveyor serve` the token prediction requests must carry (if any)."""
+
 REGISTRY_ENV = "CONVEYOR_REGISTRY_URL"
 """Environment variable that tells `conveyor serve` which registry to read (it may hold a password)."""
 
-STOP_TIMEOUT_S = 10.0
-"""How long `stop` waits after SIGTERM before it sends SIGKILL."""
+STOP_TIMEOUT_S = 20.0
+"""How long `stop` waits after SIGTERM (the workers drain, the supervisor gives them 10 s) before it
+sends SIGKILL to the server's whole process group."""
 
 
 ABORT_TIMEOUT_S = 2.0
@@ -76,12 +80,16 @@ class _Unreachable(Exception):
 
 
 def _request(host: str, port: int, method: str, path: str, *, token: str | None = None,
-             timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
+             timeout: float = 2.0, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     """Status and JSON body of one request; `_Unreachable` if nothing answers over HTTP."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    payload = None
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+        payload = json.dumps(body).encode()
     try:
-        conn.request(method, path, headers=headers)
+        conn.request(method, path, body=payload, headers=headers)
         response = conn.getresponse()
         raw = response.read()
     except (OSError, http.client.HTTPException) as exc:
@@ -194,11 +202,20 @@ def _wait_gone(pid: int, timeout_s: float) -> bool:
     return True
 
 
+def _kill_group(pid: int) -> None:
+    """SIGKILL the server and its workers (it was started in a session, and so a process group, of its own)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def _terminate(pid: int, timeout_s: float) -> None:
     try:
         os.kill(pid, signal.SIGTERM)
         if not _wait_gone(pid, timeout_s):
-            os.kill(pid, signal.SIGKILL)
+            _kill_group(pid)
             _wait_gone(pid, 5.0)
     except ProcessLookupError:
         pass
@@ -279,7 +296,7 @@ def _abandon(project: Project, process: subprocess.Popen[bytes]) -> None:
     try:
         process.wait(ABORT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        process.kill()
+        _kill_group(process.pid)
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(ABORT_TIMEOUT_S)
     state = _read_state(project)
@@ -287,9 +304,30 @@ def _abandon(project: Project, process: subprocess.Popen[bytes]) -> None:
         project.server_state_path.unlink(missing_ok=True)
 
 
-def _start(project: Project, ref: str, host: str, port: int, registry_url: str, timeout_s: float) -> Deployment:
+def predict_token(project: Project) -> str:
+    """The token prediction requests carry when `deploy.predictions_need_token` is on: created on first use in
+    `.conveyor/predict.token`, readable by its owner only (re-tightened if someone loosened it)."""
+    path = project.state_dir / "predict.token"
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        token = ""
+    if not token:
+        project.state_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            token = secrets.token_urlsafe(32)
+            handle.write(token + "\n")
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+    return token
+
+
+def _start(project: Project, ref: str, host: str, port: int, registry_url: str, timeout_s: float, workers: int,
+           follow_interval_s: float, predictions_need_token: bool) -> Deployment:
     _check_port_free(host, port)
     token = secrets.token_urlsafe(32)
+    guard = {PREDICT_TOKEN_ENV: predict_token(project)} if predictions_need_token else {}
     project.state_dir.mkdir(parents=True, exist_ok=True)
     log_path = project.server_log_path
     process: subprocess.Popen[bytes] | None = None
@@ -297,11 +335,12 @@ def _start(project: Project, ref: str, host: str, port: int, registry_url: str, 
         with open(log_path, "ab") as log:
             offset = log.tell()
             process = subprocess.Popen(
-                # One worker: `ensure_serving` checks the reload's answer, and with one process that
-                # answer is what every request sees. (Several workers catch up through the parent.)
+                # A reload answers once every worker serves the new version, so its answer is what
+                # every request sees from then on, however many workers there are.
                 [sys.executable, "-m", "conveyor", "serve", ref, "--host", host, "--port", str(port),
-                 "--workers", "1"],
-                cwd=project.root, env={**os.environ, TOKEN_ENV: token, REGISTRY_ENV: registry_url},
+                 "--workers", str(workers), "--follow-interval", str(follow_interval_s)],
+                cwd=project.root, env={**{k: v for k, v in os.environ.items() if k != PREDICT_TOKEN_ENV},
+                                       TOKEN_ENV: token, REGISTRY_ENV: registry_url, **guard},
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         # Reap the child whenever it exits, for as long as this process lives; it outlives us otherwise.
@@ -309,7 +348,7 @@ def _start(project: Project, ref: str, host: str, port: int, registry_url: str, 
         # Recorded before it is ready, so that a run killed meanwhile leaves a record the next run cleans up.
         state: dict[str, Any] = {
             "status": _STARTING, "pid": process.pid, "host": host, "port": port, "token": token, "ref": ref,
-            "registry": _fingerprint(registry_url),
+            "registry": _fingerprint(registry_url), "predictions_need_token": predictions_need_token,
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         _write_state(project, state)
@@ -322,22 +361,26 @@ def _start(project: Project, ref: str, host: str, port: int, registry_url: str, 
     return _deployment(state)
 
 
-def _reload(project: Project, state: dict[str, Any], timeout_s: float) -> Deployment | None:
-    """Tell the running server to resolve its ref again; None if it cannot be told (restart it instead)."""
+def _reload(project: Project, state: dict[str, Any], timeout_s: float, ref: str) -> Deployment | None:
+    """Tell the running server to serve `ref` (resolved again); None if it cannot be told (restart it instead)."""
     host, port = state["host"], int(state["port"])
     try:
-        status, body = _request(host, port, "POST", "/-/reload", token=state["token"], timeout=timeout_s)
+        if ref == state["ref"]:
+            status, body = _request(host, port, "POST", "/-/reload", token=state["token"], timeout=timeout_s)
+        else:
+            status, body = _request(host, port, "POST", "/-/deploy", token=state["token"], timeout=timeout_s,
+                                    body={"ref": ref})
     except _Unreachable:
         status, body = 0, {}
     served = _served(body.get("model")) if status == 200 else None
     if served is not None:
-        state = {**state, **served}
+        state = {**state, **served, "ref": ref}
         _write_state(project, state)
         return _deployment(state)
     if status not in (0, 200, 401, 403):  # it answered, and refused the new version
         raise ServingError(
             f"the local server at {url_for(host, port)} (pid {state['pid']}) could not switch "
-            f"to {state['ref']}: {body.get('error', status)}"
+            f"to {ref}: {body.get('error', status)}"
         )
     return None
 
@@ -362,23 +405,112 @@ def ensure_serving(
     registry_url: str,
     expected_digest: str | None = None,
     timeout_s: float = defaults.SERVER_START_TIMEOUT_S,
+    workers: int = defaults.DEPLOY_WORKERS,
+    follow_interval_s: float = defaults.FOLLOW_INTERVAL_S,
+    predictions_need_token: bool = False,
 ) -> Deployment:
     """Make the local server serve what `ref` points to now; return what it serves.
 
-    A running server of this project that follows `ref` on `host`:`port` from
-    the same registry is told to reload; if the new version cannot load, it
-    keeps the old one and this raises `ServingError` with the reason.
-    Otherwise (none running, or it follows another ref, port or registry) a new
-    server is started in its place; if that is interrupted or fails, the new
-    server is stopped. With `expected_digest`, a server that ends up serving
+    A running server of this project on `host`:`port` that reads the same
+    registry is told to serve `ref` (every worker swaps, no request is lost);
+    if the new version cannot load, it keeps the old one and this raises
+    `ServingError` with the reason.
+    Otherwise (none running, or on another port or registry, or with another
+    `predictions_need_token`: then predictions need `predict_token`) a new
+    server is started in its place, with `workers` worker processes that look
+    up where `ref` points every `follow_interval_s`; if that is interrupted or
+    fails, the new server is stopped. With `expected_digest`, a server that ends up serving
     another artifact is a `ServingError` too (it keeps serving it).
     """
     state = _live_state(project)
     if state is not None:
-        follows = (state["ref"], state["host"], int(state["port"]), state["registry"])
-        if state["status"] == _READY and follows == (ref, host, port, _fingerprint(registry_url)):
-            reloaded = _reload(project, state, timeout_s)
+        where = (state["host"], int(state["port"]), state["registry"], bool(state.get("predictions_need_token")))
+        if state["status"] == _READY and where == (host, port, _fingerprint(registry_url), predictions_need_token):
+            reloaded = _reload(project, state, timeout_s, ref)
             if reloaded is not None:
                 return _check_digest(reloaded, expected_digest, "reloaded")
         stop(project)
-    return _check_digest(_start(project, ref, host, port, registry_url, timeout_s), expected_digest, "started")
+    started = _start(project, ref, host, port, registry_url, timeout_s, workers, follow_interval_s,
+                     predictions_need_token)
+    return _check_digest(started, expected_digest, "started")
+
+
+def restart_workers(project: Project, *, timeout_s: float = defaults.SERVER_START_TIMEOUT_S) -> Deployment:
+    """Replace the local server's workers one at a time (new code, new dependencies), without refusing a connection.
+
+    Returns once every worker has been replaced; `ServingError` with the reason if the new workers could
+    not start (the old ones then keep serving).
+    """
+    state = _ready_state(project)
+    url = url_for(state["host"], int(state["port"]))
+    last = deployment_state(project).get("restart") or {}
+    generation = int(last.get("generation", 0))
+    answer = _manage(project, "POST", "/-/restart", timeout_s=10.0)
+    if not answer.get("restarting"):
+        raise ServingError(f"the local server at {url} did not start a restart: {answer}")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = deployment_state(project).get("restart") or {}
+        if int(status.get("generation", 0)) > generation and status.get("state") in ("done", "failed"):
+            break
+        if time.monotonic() > deadline:
+            raise ServingError(f"the workers of the local server at {url} were not all replaced within "
+                               f"{timeout_s:.0f}s; see {project.server_log_path}")
+        time.sleep(0.1)
+    if status["state"] == "failed":
+        raise ServingError(f"the rolling restart of the local server at {url} stopped: {status.get('reason')}; "
+                           f"see {project.server_log_path}")
+    deployment = current(project)
+    if deployment is None:
+        raise ServingError(f"the local server at {url} stopped during the restart; see {project.server_log_path}")
+    return deployment
+
+
+def _ready_state(project: Project) -> dict[str, Any]:
+    state = _live_state(project)
+    if state is None or state["status"] != _READY:
+        raise ServingError("no local server is running; start one with `conveyor deploy NAME@ALIAS`")
+    return state
+
+
+def _manage(project: Project, method: str, path: str, body: dict[str, Any] | None = None,
+            timeout_s: float = defaults.SERVER_START_TIMEOUT_S) -> dict[str, Any]:
+    """One management request to the local server; its JSON answer, or `ServingError` saying why not."""
+    state = _ready_state(project)
+    host, port = state["host"], int(state["port"])
+    try:
+        status, answer = _request(host, port, method, path, token=state["token"], timeout=timeout_s, body=body)
+    except _Unreachable as exc:
+        raise ServingError(f"the local server at {url_for(host, port)} did not answer {method} {path}: {exc}") from None
+    if status >= 300:
+        raise ServingError(f"the local server at {url_for(host, port)} refused {method} {path}: "
+                           f"{answer.get('error', status)}")
+    return answer
+
+
+def set_traffic(project: Project, candidate: str | None, share: float, *, mode: str = "canary",
+                stable: str | None = None) -> dict[str, Any]:
+    """Send `share` percent of the local server's requests (canary) or a copy of them (shadow) to `candidate`;
+    share 0 ends the split. Stable stays the version served now (or `stable`) while the split lasts."""
+    body: dict[str, Any] = {"share": share}
+    if share > 0:
+        body.update({"candidate": candidate, "mode": mode, **({"stable": stable} if stable else {})})
+    return _manage(project, "POST", "/-/traffic", body)
+
+
+def deployment_state(project: Project) -> dict[str, Any]:
+    """What one worker of the local server serves, holds in memory and splits (GET /-/state)."""
+    return _manage(project, "GET", "/-/state", timeout_s=10.0)
+
+
+def metrics_text(project: Project) -> str:
+    """The local server's Prometheus metrics (every worker's counts)."""
+    state = _ready_state(project)
+    conn = http.client.HTTPConnection(state["host"], int(state["port"]), timeout=10.0)
+    try:
+        conn.request("GET", "/metrics")
+        return conn.getresponse().read().decode("utf-8", "replace")
+    except (OSError, http.client.HTTPException) as exc:
+        raise ServingError(f"the local server did not answer GET /metrics: {exc}") from None
+    finally:
+        conn.close()

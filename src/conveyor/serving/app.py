@@ -3,16 +3,20 @@
 `ServingApp` holds the version being served. A reload resolves the followed
 reference again, loads and warms the new version beside the old one, and only
 then swaps one attribute; a request reads that attribute once, so the version
-in its `X-Model-Version` header is the one that predicted. A client's mistake
-gets a 4xx that says what is wrong; nothing a client sends can stop the server.
+in its `X-Model-Version` header is the one that predicted. A server that
+follows an alias looks it up every `follow_interval_s` and swaps the same way;
+the last few versions stay in memory, so a rollback is a swap. While a rollout
+splits traffic, `routing.Router` picks stable or the candidate per request.
+The management endpoints live in `management`. A client's mistake gets a 4xx
+that says what is wrong; nothing a client sends can stop the server.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,8 +36,12 @@ from conveyor import __version__, defaults
 from conveyor.exceptions import ConveyorError, PayloadError, ServingError
 from conveyor.model import LoadedModel, load_verified
 from conveyor.serving import mlflow_protocol, oip, openapi
+from conveyor.serving.auth import UNAUTHORIZED, authorized
 from conveyor.serving.batching import DirectPredictor, MicroBatcher, Predictor
+from conveyor.serving.management import ManagementEndpoints
 from conveyor.serving.metrics import ServingMetrics
+from conveyor.serving.rollout import Traffic
+from conveyor.serving.routing import Router, Split
 from conveyor.signature import parse_payload
 from conveyor.store import ArtifactStore
 
@@ -76,8 +84,9 @@ class ModelSource:
         self.models_dir = models_dir
         self.ref = ref
 
-    def resolve(self) -> ModelVersion:
-        return self.registry.resolve(self.ref)
+    def resolve(self, ref: str | None = None) -> ModelVersion:
+        """The version `ref` (by default the followed reference) points to now."""
+        return self.registry.resolve(ref or self.ref)
 
     def load(self, version: ModelVersion) -> Served:
         """Materialise, verify, load and warm `version`; raise `ConveyorError` saying why it cannot serve."""
@@ -117,6 +126,12 @@ def _answer(body: Any, served: Served) -> Response:
     )
 
 
+def _is_prediction(scope: Scope) -> bool:
+    """Whether a request asks for a prediction (the routes `deploy.predictions_need_token` guards)."""
+    path: str = scope.get("path", "")
+    return path in ("/predict", "/invocations") or (path.startswith("/v2/models/") and path.endswith("/infer"))
+
+
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").partition(";")[0].strip().lower()
 
@@ -139,7 +154,7 @@ def _predictions(output: np.ndarray) -> Any:
     return output.tolist()
 
 
-class ServingApp:
+class ServingApp(ManagementEndpoints):
     """The ASGI application: routes, the served version, and hot reload.
 
     `served` is the version to start with; without it, the first one is loaded
@@ -159,8 +174,27 @@ class ServingApp:
         max_wait_ms: float = defaults.MAX_BATCH_WAIT_MS,
         metrics: ServingMetrics | None = None,
         on_reload: Callable[[], None] | None = None,
+        on_restart: Callable[[], None] | None = None,
+        follow_interval_s: float | None = None,
+        on_swap: Callable[[Served], None] | None = None,
+        in_step: Callable[[str], bool] | None = None,
+        shared_ref: tuple[Callable[[], str | None], Callable[[str], None]] | None = None,
+        shared_traffic: tuple[Callable[[], Traffic | None], Callable[[Traffic | None], None]] | None = None,
+        extra_state: Callable[[], dict[str, Any]] | None = None,
+        predict_token: str | None = None,
     ) -> None:
         self.source = source
+        self._on_restart = on_restart  # asks the supervisor for a rolling restart of every worker
+        self._follow_interval_s = follow_interval_s  # None: only a reload changes the version
+        self._on_swap = on_swap  # tells the sibling workers what this one serves now
+        self._in_step = in_step  # whether every sibling worker serves the artifact with this digest
+        self._shared_ref = shared_ref  # read/write the reference all workers follow (a deploy changes it)
+        self._traffic: Traffic | None = None  # the split in force when no worker shares it
+        self._shared_traffic = shared_traffic or (lambda: self._traffic, self._set_local_traffic)
+        self.router = Router(metrics)
+        self._extra_state = extra_state  # the supervisor's side of GET /-/state (the last rolling restart)
+        self._predict_token = predict_token.encode() if predict_token else None  # None: predictions are open
+        self._cache: OrderedDict[str, Served] = OrderedDict()  # recent versions by digest: a rollback is a swap
         self.metrics = metrics
         self._batching = (batching, max_batch_rows, max_wait_ms)
         self._on_reload = on_reload  # tells sibling worker processes to reload too
@@ -172,6 +206,7 @@ class ServingApp:
         self._max_bytes = max_request_bytes
         self._reload_lock = asyncio.Lock()
         self._background: asyncio.Task[None] | None = None
+        self._follower: asyncio.Task[None] | None = None
         self._app = Starlette(
             routes=[
                 Route("/predict", self.predict, methods=["POST"]),
@@ -191,6 +226,10 @@ class ServingApp:
                 Route("/readyz", self.readyz),
                 Route("/version", self.version),
                 Route("/-/reload", self.reload, methods=["POST"]),
+                Route("/-/restart", self.restart, methods=["POST"]),
+                Route("/-/deploy", self.deploy, methods=["POST"]),
+                Route("/-/traffic", self.traffic, methods=["POST"]),
+                Route("/-/state", self.state),
             ],
             exception_handlers={_Problem: self._problem, HTTPException: self._http_error},
             lifespan=self._lifespan,
@@ -199,6 +238,11 @@ class ServingApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
+            return
+        if self._predict_token is not None and _is_prediction(scope) and not authorized(Request(scope),
+                                                                                       self._predict_token):
+            await _json({"error": UNAUTHORIZED.replace("server's token", "prediction token")}, 401,
+                        {"www-authenticate": "Bearer"})(scope, receive, send)
             return
 
         async def send_with_version(message: Message) -> None:
@@ -214,6 +258,9 @@ class ServingApp:
 
     # -- lifecycle ------------------------------------------------------------
 
+    def _set_local_traffic(self, traffic: Traffic | None) -> None:
+        self._traffic = traffic
+
     def _install(self, served: Served) -> None:
         """Give `served` its predictor and make it the one that answers."""
         batching, max_rows, max_wait_ms = self._batching
@@ -225,7 +272,13 @@ class ServingApp:
         if metrics is not None:
             metrics.set_model(version.name, str(version.version))
             metrics.observe_load(served.load_seconds)
+        self._cache[version.digest] = served
+        self._cache.move_to_end(version.digest)
+        while len(self._cache) > defaults.KEPT_VERSIONS:
+            self._cache.popitem(last=False)
         self.current = served
+        if self._on_swap is not None:
+            self._on_swap(served)
 
     async def reload_from_signal(self) -> None:
         """Reload because a sibling worker was asked to (SIGHUP from the parent process)."""
@@ -238,11 +291,29 @@ class ServingApp:
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         if self.current is None:
             self._background = asyncio.create_task(self._first_load())
+        if self._follow_interval_s is not None:
+            self._follower = asyncio.create_task(self._follow(self._follow_interval_s))
         yield
-        if self._background is not None and not self._background.done():
-            self._background.cancel()
+        for task in (self._background, self._follower):
+            if task is not None and not task.done():
+                task.cancel()
         if self.current is not None and self.current.predictor is not None:
             await self.current.predictor.close()
+
+    async def _follow(self, interval_s: float) -> None:
+        """Swap whenever the followed reference points elsewhere (an alias moved: a promotion, a rollback)."""
+        reported = None
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self._swap_to_latest()
+                reported = None
+            except Exception as exc:  # the old version keeps serving; say why once, not every interval
+                reason = str(exc) if isinstance(exc, ConveyorError) else f"{type(exc).__name__}: {exc}"
+                if reason != reported:
+                    log.error("following %s: %s; still serving %s", self.source.ref, reason,
+                              self.current.version.ref if self.current else "nothing")
+                    reported = reason
 
     async def _first_load(self) -> None:
         try:
@@ -250,29 +321,65 @@ class ServingApp:
         except Exception:  # recorded in load_error, reported by /readyz
             pass
 
-    async def _swap_to_latest(self) -> tuple[Served | None, Served]:
-        """Load what the followed ref points to now and swap it in; the old one serves until then."""
+    async def _swap_to_latest(self, ref: str | None = None) -> tuple[Served | None, Served]:
+        """Load what the followed ref (or `ref`, which is then followed) points to and swap it in.
+
+        The old version serves until then; a version that fails to load or warm is never swapped in.
+        """
         async with self._reload_lock:
             previous = self.current
+            target = ref or (self._shared_ref[0]() if self._shared_ref else None) or self.source.ref
+            traffic = self._shared_traffic[0]()
             try:
-                version = await run_in_threadpool(self.source.resolve)
+                # A rollout pins stable to a version: an alias that moves meanwhile waits for its end.
+                version = await run_in_threadpool(self.source.resolve, traffic.stable if traffic else target)
+                await self._split(traffic)
                 if previous is not None and (version.version, version.digest) == (
                     previous.version.version, previous.version.digest
                 ):
+                    self._follow_ref(target, ref is not None)
                     return previous, previous
-                served = await run_in_threadpool(self.source.load, version)
+                served = await self._loaded(version)
             except Exception as exc:
                 self.load_error = str(exc) if isinstance(exc, ConveyorError) else f"{type(exc).__name__}: {exc}"
                 if previous is None:
-                    log.error("cannot serve %s: %s", self.source.ref, self.load_error)
+                    log.error("cannot serve %s: %s", target, self.load_error)
                 raise
+            self._follow_ref(target, ref is not None)
             self._install(served)
             self.load_error = None
-            if previous is not None and previous.predictor is not None:
+            if previous is not None and previous.predictor is not None and previous is not served:
                 await previous.predictor.close()  # answers what it already took, then stops
             old = f"v{previous.version.version}" if previous else "nothing"
-            log.info("%s: now serving %s (was %s)", self.source.ref, served.version.ref, old)
+            log.info("%s: now serving %s (was %s)", target, served.version.ref, old)
             return previous, served
+
+    async def _loaded(self, version: ModelVersion) -> Served:
+        cached = self._cache.get(version.digest)
+        return cached if cached is not None else await run_in_threadpool(self.source.load, version)
+
+    async def _split(self, traffic: Traffic | None) -> None:
+        """Put `traffic` in force: its candidate loaded and warmed (kept in memory, like a served version)."""
+        split = self.router.split
+        if traffic is None or traffic.share <= 0:
+            self.router.split = None
+            return
+        if split is not None and split.traffic == traffic:
+            return
+        version = await run_in_threadpool(self.source.resolve, traffic.candidate)
+        candidate = await self._loaded(version)
+        if candidate.predictor is None:  # called directly: no batcher task left behind when the split ends
+            candidate.predictor = DirectPredictor(candidate.model.predict_array)
+        self._cache[version.digest] = candidate
+        self.router.split = Split(traffic, candidate)
+        log.info("%s of %s: %g%% of traffic, stable %s", traffic.mode, traffic.candidate, traffic.share,
+                 traffic.stable)
+
+    def _follow_ref(self, ref: str, share: bool) -> None:
+        if ref != self.source.ref:
+            self.source.ref = ref
+        if share and self._shared_ref is not None:
+            self._shared_ref[1](ref)
 
     # -- error responses -----------------------------------------------------
 
@@ -340,7 +447,7 @@ class ServingApp:
             X = parse_payload(served.model.signature, payload)
         except PayloadError as exc:
             raise _Problem(422, str(exc), exc.field) from None
-        output = await self._predict(served, X)
+        served, output = await self.router.predict(served, X, self._predict)
         body = {
             "predictions": _predictions(output),
             "model": {"name": served.version.name, "version": served.version.version},
@@ -360,7 +467,7 @@ class ServingApp:
             else:
                 shown = f"'{media}'" if media else "none"
                 raise _Problem(415, f"Content-Type must be application/json or text/csv, got {shown}")
-            output = await self._predict(served, X)
+            served, output = await self.router.predict(served, X, self._predict)
         except PayloadError as exc:
             return _json(mlflow_protocol.error_body(400, str(exc)), 400)
         except _Problem as exc:
@@ -410,7 +517,7 @@ class ServingApp:
             X = oip.parse_infer(served.model.signature, payload)
         except PayloadError as exc:
             raise _Problem(400, str(exc)) from None
-        output = await self._predict(served, X)
+        served, output = await self.router.predict(served, X, self._predict)
         request_id = payload.get("id")  # parse_infer has checked payload is an object
         dtype = served.model.signature["outputs"]["dtype"]
         return _answer(oip.infer_response(served.version.name, served.version.version, request_id, output, dtype),
@@ -445,34 +552,3 @@ class ServingApp:
         if served is None:
             raise _Problem(503, f"no model is loaded yet for {self.source.ref}; see GET /readyz")
         return _json({**served.describe(), "ref": self.source.ref})
-
-    async def reload(self, request: Request) -> Response:
-        if self._token is None:
-            raise _Problem(403, "management endpoints are disabled; start the server with a token "
-                                "(environment variable CONVEYOR_SERVER_TOKEN)")
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.strip().encode(), self._token):
-            return _json({"error": "send the server's token as 'Authorization: Bearer <token>'"}, 401,
-                         {"www-authenticate": "Bearer"})
-        try:
-            previous, served = await self._swap_to_latest()
-        except ConveyorError as exc:
-            return self._reload_failed(409, str(exc))
-        except Exception as exc:
-            log.exception("reload of %s failed", self.source.ref)
-            return self._reload_failed(500, f"{type(exc).__name__}: {exc}")
-        if self._on_reload is not None:
-            self._on_reload()
-        return _json({
-            "model": served.describe(),
-            "previous": previous.describe() if previous else None,
-            "changed": previous is not served,
-        })
-
-    def _reload_failed(self, status: int, reason: str) -> Response:
-        kept = self.current
-        return _json({
-            "error": f"reload of {self.source.ref} failed, "
-                     + (f"still serving {kept.version.ref}" if kept else "nothing is served") + f": {reason}",
-            "model": kept.describe() if kept else None,
-        }, status)

@@ -75,6 +75,22 @@ class ServingMetrics:
             labels, namespace=namespace, registry=self.registry, multiprocess_mode="max",
         )
 
+        self._predictions = Counter(
+            "predictions", "Predictions by the version that made them and their outcome (ok, error, "
+            "shadow_ok, shadow_error); what a canary is judged on.",
+            [*labels, "outcome"], namespace=namespace, registry=self.registry,
+        )
+        self._prediction_seconds = Histogram(
+            "prediction_seconds", "Time a version took to predict, per call; a canary's p99 comes from it.",
+            labels, namespace=namespace, registry=self.registry, buckets=LATENCY_BUCKETS,
+        )
+
+    def observe_prediction(self, model: str, version: str | int, outcome: str, seconds: float | None) -> None:
+        """Count one prediction of `version` (`outcome`: ok, error, shadow_ok, shadow_error)."""
+        self._predictions.labels(model, str(version), outcome).inc()
+        if seconds is not None:
+            self._prediction_seconds.labels(model, str(version)).observe(seconds)
+
     def set_model(self, name: str, version: str | int) -> None:
         """Label what follows with this model version, and record when it was swapped in."""
         self.model, self.version = name, str(version)

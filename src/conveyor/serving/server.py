@@ -1,9 +1,9 @@
 """Run the prediction API in the foreground: bind, load the model, hand over to uvicorn.
 
 The socket is bound before the model loads, so a taken port fails at once;
-the model loads before the socket listens, so a model that cannot be served
+no worker is ready before its model is loaded, so a model that cannot be served
 stops the process with its reason instead of leaving a server that is never
-ready. Several workers are forked after the model is loaded (see `workers`).
+ready. The workers are fresh interpreters sharing the socket (see `workers`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def url_for(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
+    """Log the server's own messages (not uvicorn's access lines) to stderr, once."""
     logger = logging.getLogger("conveyor")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -65,6 +66,8 @@ class ServingOptions:
     max_batch_rows: int = defaults.MAX_BATCH_ROWS
     max_wait_ms: float = defaults.MAX_BATCH_WAIT_MS
     access_log: bool = False
+    follow_interval_s: float = defaults.FOLLOW_INTERVAL_S
+    predict_token: str | None = None  # None: prediction endpoints need no token
 
 
 def serve(
@@ -79,65 +82,38 @@ def serve(
 ) -> None:
     """Serve what `ref` points to on `host`:`port` until SIGINT/SIGTERM.
 
-    `token` enables POST /-/reload (re-resolve `ref` and hot-swap); None disables it.
-    With several workers, a reload asked of one reaches the others through
-    the parent process (SIGHUP), a moment later.
+    `token` enables the management endpoints (Bearer auth); None disables them.
+    The workers are fresh processes (see `workers`); the first start fails with
+    the reason when the model cannot be loaded.
     """
-    import asyncio
     import os
     import shutil
-    import signal
     import tempfile
 
-    import uvicorn
-
-    # Several workers count into shared files, so any of them can answer a scrape for all;
-    # prometheus_client reads this variable when it is first imported, just below.
-    metrics_dir = tempfile.mkdtemp(prefix="conveyor-metrics-") if options.workers > 1 else None
-    if metrics_dir is not None:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-
-    from conveyor.registry import Registry
     from conveyor.serving import workers
-    from conveyor.serving.app import ModelSource, ServingApp
-    from conveyor.serving.metrics import MetricsMiddleware, ServingMetrics
-    from conveyor.store import ArtifactStore
+    from conveyor.serving.worker import WorkerConfig
 
-    _setup_logging()
+    setup_logging()
     sock = _bind(host, port)
-    registry = Registry(registry_url)
+    # Every worker counts into shared files, so any of them answers a scrape for all, and a
+    # replaced worker's counts stay; prometheus_client reads this variable when first imported.
+    shared_dir = tempfile.mkdtemp(prefix="conveyor-server-")
+    metrics_dir, served_dir = os.path.join(shared_dir, "metrics"), os.path.join(shared_dir, "served")
+    os.mkdir(metrics_dir)
+    os.mkdir(served_dir)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        source = ModelSource(registry, ArtifactStore(project.cache_dir), project.models_dir, ref)
-        served = source.load(source.resolve())
-        management = "POST /-/reload enabled" if token else "no token: POST /-/reload disabled"
-        log.info("serving %s (%s) at %s with %d worker(s), batching %s; %s", served.version.ref, ref,
-                 url_for(host, port), options.workers, "on" if options.batching else "off", management)
-
-        def serve_one(listening: socket.socket) -> None:
-            import gc
-
-            gc.freeze()  # what was loaded before serving lives on: keep the collector off it
-            metrics = ServingMetrics(multiprocess_dir=metrics_dir)
-            app = ServingApp(source, token=token, served=served, batching=options.batching,
-                             max_batch_rows=options.max_batch_rows, max_wait_ms=options.max_wait_ms,
-                             metrics=metrics, on_reload=workers.notify_all if options.workers > 1 else None)
-            config = uvicorn.Config(
-                MetricsMiddleware(app, metrics, access_log=options.access_log), log_level="info",
-                access_log=False, lifespan="on", timeout_graceful_shutdown=5,
-            )
-            server = uvicorn.Server(config)
-
-            async def main() -> None:
-                loop = asyncio.get_running_loop()
-                loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(app.reload_from_signal()))
-                await server.serve(sockets=[listening])
-
-            with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:  # uvloop when installed
-                runner.run(main())
-
-        workers.run(serve_one, sock, options.workers)
+        management = "management endpoints enabled" if token else "no token: management endpoints disabled"
+        log.info("starting %s at %s with %d worker(s), batching %s; %s", ref, url_for(host, port),
+                 options.workers, "on" if options.batching else "off", management)
+        config = WorkerConfig(
+            project_root=str(project.root), ref=ref, registry_url=registry_url, token=token, listen_fd=-1,
+            ready_fd=-1, supervisor_pid=os.getpid(), batching=options.batching,
+            max_batch_rows=options.max_batch_rows, max_wait_ms=options.max_wait_ms, access_log=options.access_log,
+            metrics_dir=metrics_dir, follow_interval_s=options.follow_interval_s, served_dir=served_dir,
+            predict_token=options.predict_token,
+        )
+        workers.run(config, sock, options.workers)
     finally:
-        registry.close()
         sock.close()
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(shared_dir, ignore_errors=True)
