@@ -26,12 +26,13 @@ def generate_token() -> str:
     return secrets.token_urlsafe(TOKEN_BYTES)
 
 
-def load_or_create_token(path: Path) -> str:
+def load_or_create_token(path: Path, *, tighten: bool = False) -> str:
     """The token stored at `path`; on first use a new one is written there with mode 0600.
 
     The file is created with O_EXCL, so two processes starting at once agree on
-    one token (the loser reads the winner's). A file others can read is refused:
-    anyone who can read it could use it.
+    one token (the loser reads the winner's). A file others can read is refused,
+    since anyone who can read it could use it; with `tighten`, its mode is set
+    back to 0600 instead (a server restarted by a line must not stop at that).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -42,7 +43,9 @@ def load_or_create_token(path: Path) -> str:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(generate_token() + "\n")
     mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
+    if mode & 0o077 and tighten:
+        os.chmod(path, 0o600)
+    elif mode & 0o077:
         raise ConveyorError(
             f"the token file {path} can be read by other users (mode {mode:o}); "
             f"run `chmod 600 {path}` or delete it to get a new token"

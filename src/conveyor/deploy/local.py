@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor import defaults
+from conveyor.auth import load_or_create_token
 from conveyor.exceptions import ServingError
 from conveyor.processes import alive
 from conveyor.project import Project
@@ -307,20 +308,7 @@ def _abandon(project: Project, process: subprocess.Popen[bytes]) -> None:
 def predict_token(project: Project) -> str:
     """The token prediction requests carry when `deploy.predictions_need_token` is on: created on first use in
     `.conveyor/predict.token`, readable by its owner only (re-tightened if someone loosened it)."""
-    path = project.state_dir / "predict.token"
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        token = ""
-    if not token:
-        project.state_dir.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            token = secrets.token_urlsafe(32)
-            handle.write(token + "\n")
-    if path.stat().st_mode & 0o077:
-        os.chmod(path, 0o600)
-    return token
+    return load_or_create_token(project.state_dir / "predict.token", tighten=True)
 
 
 def _start(project: Project, ref: str, host: str, port: int, registry_url: str, timeout_s: float, workers: int,

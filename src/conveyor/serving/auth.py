@@ -1,21 +1,19 @@
-"""Bearer tokens for the server's management endpoints.
+"""Bearer tokens for the server's management endpoints, checked with the project's one token scheme.
 
-The token is compared in constant time (`hmac.compare_digest`) so a caller
-cannot guess it byte by byte from response times. A request without it is
-answered 401 before anything is changed.
+A request without the right token is answered 401 before anything is changed;
+`conveyor.auth` compares in constant time.
 """
 
 from __future__ import annotations
 
-import hmac
-
 from starlette.requests import Request
+
+from conveyor.auth import bearer, matches
 
 
 def authorized(request: Request, token: bytes) -> bool:
     """Whether `request` carries `Authorization: Bearer <token>`."""
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token)
+    return matches(bearer(request.headers.get("authorization")), token.decode())
 
 
 UNAUTHORIZED = "send the server's token as 'Authorization: Bearer <token>'"
