@@ -831,3 +831,6 @@ def deployments_stop() -> None:
 
     stopped = local.stop(Project.find())
     console.print("Nothing was running." if stopped is None else f"Stopped {stopped.name}@{stopped.version} (pid {stopped.pid}).")
+from conveyor.packaging.cli import package as _package  # noqa: E402
+
+main.add_command(_package)
