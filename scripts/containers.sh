@@ -34,6 +34,11 @@ runroot = "/run/conveyor-containers"
 CONF
 mv "$dir/storage.conf.tmp" "$dir/storage.conf"
 export CONTAINERS_CONF="$dir/containers.conf" CONTAINERS_STORAGE_CONF="$dir/storage.conf"
+# overlay is fast, but not every kernel/container lets it mount: fall back to vfs (copies, slower).
+if [ "$driver" = overlay ] && command -v podman >/dev/null && ! podman info >/dev/null 2>&1; then
+    sed -i 's/^driver = .*/driver = "vfs"/' "$dir/storage.conf"
+    sed -i "s|^graphroot = .*|graphroot = \"$dir/storage-vfs\"|" "$dir/storage.conf"
+fi
 
 for tool in podman runc; do
     command -v "$tool" >/dev/null || { echo "Error: $tool is not installed; apt-get install -y podman runc debootstrap" >&2; exit 1; }
