@@ -28,5 +28,9 @@ bench: $(STAMP)  ## Benchmarks; results go to benchmarks/RESULTS.md.
 bench-serving: $(STAMP)  ## Serving throughput vs MLflow and bare Starlette (needs wrk; installs MLflow once).
 	$(BIN)/python benchmarks/serving.py
 
+.PHONY: bench-package
+bench-package: $(STAMP)  ## Image build, model-only rebuild and image size (needs podman: scripts/containers.sh).
+	$(BIN)/python benchmarks/package.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache

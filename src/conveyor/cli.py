@@ -834,3 +834,6 @@ def deployments_stop() -> None:
 from conveyor.packaging.cli import package as _package  # noqa: E402
 
 main.add_command(_package)
+from conveyor.deploy.container_cli import containers as _containers  # noqa: E402
+
+main.add_command(_containers)

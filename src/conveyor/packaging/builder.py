@@ -50,8 +50,10 @@ def _run(what: str, command: list[str]) -> str:
     return done.stdout
 
 
-def build(builder: str, context: Path, tag: str) -> str:
-    """Build `context` (its Dockerfile) as `tag`; return the image id (sha256:…)."""
+def build(builder: str, context: Path, tag: str, *, use_cache: bool = True) -> str:
+    """Build `context` (its Dockerfile) as `tag`; return the image id (sha256:…).
+
+    `use_cache=False` rebuilds every layer (what a first build costs; the benchmark's baseline)."""
     with tempfile.TemporaryDirectory(prefix="conveyor-build-") as tmp:
         iidfile = Path(tmp) / "iid"
         if builder == "docker":
@@ -60,6 +62,8 @@ def build(builder: str, context: Path, tag: str) -> str:
             # docker format: the OCI image format has no HEALTHCHECK.
             verb = ["build"] if builder == "podman" else ["build", "--layers"]
             command = [builder, *verb, "--format", "docker", "--iidfile", str(iidfile), "-t", tag, str(context)]
+        if not use_cache:
+            command.insert(2, "--no-cache")
         _run(f"building {tag} with {builder}", command)
         image_id = iidfile.read_text().strip()
     return image_id if image_id.startswith("sha256:") else f"sha256:{image_id}"

@@ -90,6 +90,7 @@ def package(
     tag: str | None = None,
     push: str | None = None,
     tls_verify: bool = True,
+    use_cache: bool = True,
 ) -> Packaged:
     """Write the build context of `ref` at `output`, build it when a builder is there, push it to `push`.
 
@@ -117,7 +118,7 @@ def package(
             raise ConveyorError("--push needs a builder (podman, buildah or docker), and none is installed")
         return made
     name = tag or f"conveyor/{version.name}:{version.version}"
-    image_id = builders.build(chosen, output, name)
+    image_id = builders.build(chosen, output, name, use_cache=use_cache)
     pushed = None
     if push:
         reference = push if ":" in push.rsplit("/", 1)[-1] else f"{push}:{version.version}"
