@@ -48,7 +48,7 @@ def _package(root: Path, ref: str, tag: str, cache: Path, base: str, use_cache: 
     project = Project(root)
     started = time.perf_counter()
     with Registry(project.default_registry_url, create=False) as registry:
-        package(project, registry, ArtifactStore(project.cache_dir), ref, output=root / "ctx" / ref,
+        package(project, registry, ArtifactStore(project.cache_dir), ref, output=root.parent / "ctx" / ref,
                 cache_dir=cache, base_image=base, builder="podman", tag=tag, use_cache=use_cache)
     return time.perf_counter() - started
 

@@ -837,3 +837,6 @@ main.add_command(_package)
 from conveyor.deploy.container_cli import containers as _containers  # noqa: E402
 
 main.add_command(_containers)
+from conveyor.deploy.kubernetes_cli import kubernetes as _kubernetes  # noqa: E402
+
+main.add_command(_kubernetes)
