@@ -7,11 +7,15 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from click.testing import CliRunner
+from test_packaging import _free_port, _Images, _package, _podman, images, iris_project, podman_env  # noqa: F401
 
 from conveyor.cli import main
 from conveyor.deploy import kubernetes as k8s
@@ -104,3 +108,35 @@ def test_apply_without_kubectl_says_what_to_do(tmp_path: Path) -> None:
         k8s.apply(k8s.render("reg/iris:1", "iris"), "iris", state_dir=tmp_path,
                   kubectl=str(tmp_path / "no-kubectl"), timeout_s=5)
     assert os.listdir(tmp_path / "kubernetes" / "iris") == ["0001.failed"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("containers")
+def test_podman_kube_play_serves_a_prediction_from_the_rendered_deployment(
+        iris_project: Path, podman_env: dict[str, str], images: _Images, tmp_path: Path) -> None:  # noqa: F811
+    """The Deployment as rendered (non-root, read-only root filesystem, probes) runs a real pod."""
+    image = images.name("iris:kube")
+    _package(iris_project, "iris@1", image, podman_env)
+    name = f"conveyor-test-{uuid.uuid4().hex[:8]}"
+    deployment = k8s.render(image, name, replicas=1)[0]
+    port = _free_port()
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["ports"][0]["hostPort"] = port  # what a Service would do in a cluster
+    container["imagePullPolicy"] = "Never"
+    manifest = tmp_path / "deployment.yaml"
+    manifest.write_text(k8s.to_yaml([deployment]))
+    try:
+        _podman("kube", "play", str(manifest))
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the pod did not answer /readyz within 180 s"
+            time.sleep(0.5)
+        answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"rows": [[5.1, 3.5, 1.4, 0.2]]}, timeout=30)
+        assert answer.status_code == 200 and answer.json()["model"]["version"] == 1
+    finally:
+        _podman("kube", "down", str(manifest), check=False)
