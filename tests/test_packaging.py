@@ -86,6 +86,8 @@ def _free_port() -> int:
 def podman_env() -> Iterator[dict[str, str]]:
     """The environment podman runs with here (project-local config) and the base image's name."""
     if shutil.which("podman") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("podman is not installed; .ci/run installs it")
         pytest.skip("podman is not installed (.ci/run installs it)")
     done = subprocess.run(["bash", str(REPO / "scripts" / "containers.sh")], capture_output=True, text=True,
                           timeout=900, check=False)
@@ -259,6 +261,8 @@ def local_registry(tmp_path: Path) -> Iterator[str]:
     """Debian's `docker-registry` (distribution v2) on a free loopback port, with its own storage."""
     binary = shutil.which("docker-registry") or "/usr/bin/docker-registry"
     if not Path(binary).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("docker-registry is not installed; .ci/run installs it")
         pytest.skip("docker-registry is not installed (.ci/run installs it)")
     port = _free_port()
     config = tmp_path / "registry.yml"

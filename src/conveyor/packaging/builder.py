@@ -50,23 +50,32 @@ def _run(what: str, command: list[str]) -> str:
     return done.stdout
 
 
-def build(builder: str, context: Path, tag: str, *, use_cache: bool = True) -> str:
+def build(builder: str, context: Path, tag: str, *, use_cache: bool = True, dockerfile: str = "Dockerfile") -> str:
     """Build `context` (its Dockerfile) as `tag`; return the image id (sha256:…).
 
     `use_cache=False` rebuilds every layer (what a first build costs; the benchmark's baseline)."""
     with tempfile.TemporaryDirectory(prefix="conveyor-build-") as tmp:
         iidfile = Path(tmp) / "iid"
         if builder == "docker":
-            command = ["docker", "build", "--iidfile", str(iidfile), "-t", tag, str(context)]
+            command = ["docker", "build", "--iidfile", str(iidfile), "-t", tag, "-f", str(context / dockerfile),
+                       str(context)]
         else:
             # docker format: the OCI image format has no HEALTHCHECK.
             verb = ["build"] if builder == "podman" else ["build", "--layers"]
-            command = [builder, *verb, "--format", "docker", "--iidfile", str(iidfile), "-t", tag, str(context)]
+            command = [builder, *verb, "--format", "docker", "--iidfile", str(iidfile), "-t", tag,
+                       "-f", str(context / dockerfile), str(context)]
         if not use_cache:
             command.insert(2, "--no-cache")
         _run(f"building {tag} with {builder}", command)
         image_id = iidfile.read_text().strip()
     return image_id if image_id.startswith("sha256:") else f"sha256:{image_id}"
+
+
+def exists(builder: str, image: str) -> bool:
+    """Whether the builder's store has `image`."""
+    tool = "podman" if builder == "buildah" and shutil.which("podman") else builder
+    command = [tool, "image", "inspect", image] if tool != "buildah" else ["buildah", "inspect", "--type", "image", image]
+    return subprocess.run(command, capture_output=True, check=False).returncode == 0
 
 
 def inspect(builder: str, image: str) -> dict[str, object]:

@@ -29,10 +29,9 @@ _HEALTHCHECK = ("import urllib.request; "
                 f"urllib.request.urlopen('http://127.0.0.1:{runtime.PORT}/healthz', timeout=3)")
 
 
-def dockerfile(base_image: str, python: str, labels: Mapping[str, str]) -> str:
-    """The Dockerfile text: `python` (X.Y) must be the base image's Python, whose site-packages gets the runtime."""
+def runtime_dockerfile(base_image: str, python: str) -> str:
+    """The layers every version with the same dependencies shares: `python` (X.Y) must be the base's Python."""
     site = f"/opt/venv/lib/python{python}/site-packages"
-    label_lines = " \\\n      ".join(f"{key}={json.dumps(value)}" for key, value in sorted(labels.items()))
     return f"""\
 # Written by `conveyor package`; layers ordered from least to most often changed.
 FROM {base_image}
@@ -44,6 +43,12 @@ RUN python3 -m venv --without-pip /opt/venv \\
 COPY runtime/ {site}/
 # Conveyor's serving code.
 COPY conveyor/ {site}/conveyor/
+"""
+
+
+def _model_part(labels: Mapping[str, str]) -> str:
+    label_lines = " \\\n      ".join(f"{key}={json.dumps(value)}" for key, value in sorted(labels.items()))
+    return f"""\
 # The model and its version record: the only layer a new version with the same dependencies changes.
 COPY app/ /app/
 USER {USER_ID}
@@ -55,6 +60,17 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \\
 CMD ["python3", "-m", "conveyor.packaging.runtime"]
 LABEL {label_lines}
 """
+
+
+def dockerfile(base_image: str, python: str, labels: Mapping[str, str]) -> str:
+    """The whole Dockerfile (the build context's `Dockerfile`, for any builder)."""
+    return runtime_dockerfile(base_image, python) + _model_part(labels)
+
+
+def model_dockerfile(runtime_image: str, labels: Mapping[str, str]) -> str:
+    """The model layer on top of an image built from `runtime_dockerfile`: the same layers as
+    `dockerfile`, without asking the builder to re-hash the runtime packages to find its cache."""
+    return f"FROM {runtime_image}\n" + _model_part(labels)
 
 
 def version_record(version: ModelVersion) -> str:
@@ -88,8 +104,10 @@ def _copy_tree(source: Path, dest: Path, skip: tuple[str, ...] = ()) -> None:
 
 
 def write(output: Path, *, text: str, runtime_tree: Path, conveyor_dir: Path, model_dir: Path,
-          version: ModelVersion) -> Path:
-    """Write the build context at `output` (replacing it) and return its Dockerfile."""
+          version: ModelVersion, extra: Mapping[str, str] | None = None) -> Path:
+    """Write the build context at `output` (replacing it) and return its Dockerfile.
+
+    `extra`: more Dockerfiles by file name (the split one `package` builds from)."""
     if output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True)
@@ -97,6 +115,8 @@ def write(output: Path, *, text: str, runtime_tree: Path, conveyor_dir: Path, mo
     _copy_tree(conveyor_dir, output / "conveyor", skip=("__pycache__", "*.pyc", "templates"))
     _copy_tree(model_dir, output / "app" / Path(runtime.MODEL_DIR).name)
     (output / "app" / Path(runtime.VERSION_FILE).name).write_text(version_record(version), encoding="utf-8")
+    for name, content in (extra or {}).items():
+        (output / name).write_text(content, encoding="utf-8")
     path = output / "Dockerfile"
     path.write_text(text, encoding="utf-8")
     return path

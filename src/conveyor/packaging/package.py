@@ -15,11 +15,15 @@ from conveyor.exceptions import ConveyorError
 from conveyor.model import materialize, read_metadata
 from conveyor.packaging import builder as builders
 from conveyor.packaging import context, runtime_deps
+from conveyor.store import hash_bytes, hash_path
 
 if TYPE_CHECKING:
     from conveyor.project import Project
     from conveyor.registry import ModelVersion, Registry
     from conveyor.store import ArtifactStore
+
+_RUNTIME_FILE = "Dockerfile.runtime"
+_MODEL_FILE = "Dockerfile.model"
 
 LABEL_PREFIX = "io.conveyor.model"
 """Prefix of the labels naming the model version an image serves."""
@@ -108,8 +112,16 @@ def package(
         runtime_deps.requirement_pins(project.root / "requirements.txt"))
     tree = runtime_deps.prepare(requirements, python, cache_dir / "runtime")
     image_labels = labels(version, _source(project.root))
-    dockerfile = context.write(output, text=context.dockerfile(base_image, python, image_labels), runtime_tree=tree,
-                               conveyor_dir=Path(conveyor.__file__).parent, model_dir=model_dir, version=version)
+    conveyor_dir = Path(conveyor.__file__).parent
+    runtime_text = context.runtime_dockerfile(base_image, python)
+    # The shared layers are built once per (Dockerfile, packages, Conveyor code) as their own image, so a
+    # model-only rebuild builds one COPY instead of making the builder re-hash the packages to find its cache.
+    runtime_key = hash_bytes("\n".join([runtime_text, tree.name, hash_path(conveyor_dir)]).encode())[:16]
+    runtime_image = f"localhost/conveyor-runtime:{runtime_key}"
+    dockerfile = context.write(
+        output, text=context.dockerfile(base_image, python, image_labels), runtime_tree=tree,
+        conveyor_dir=conveyor_dir, model_dir=model_dir, version=version,
+        extra={_RUNTIME_FILE: runtime_text, _MODEL_FILE: context.model_dockerfile(runtime_image, image_labels)})
     made = Packaged(ref=version.ref, context=output, dockerfile=dockerfile, base_image=base_image, python=python,
                     requirements=requirements, labels=image_labels)
     chosen = builders.detect(builder) if build or push else None
@@ -118,7 +130,12 @@ def package(
             raise ConveyorError("--push needs a builder (podman, buildah or docker), and none is installed")
         return made
     name = tag or f"conveyor/{version.name}:{version.version}"
-    image_id = builders.build(chosen, output, name, use_cache=use_cache)
+    if not use_cache:
+        image_id = builders.build(chosen, output, name, use_cache=False)
+    else:
+        if not builders.exists(chosen, runtime_image):
+            builders.build(chosen, output, runtime_image, dockerfile=_RUNTIME_FILE)
+        image_id = builders.build(chosen, output, name, dockerfile=_MODEL_FILE)
     pushed = None
     if push:
         reference = push if ":" in push.rsplit("/", 1)[-1] else f"{push}:{version.version}"
