@@ -12,6 +12,9 @@ export PATH="$PATH:/usr/sbin:/sbin"
 dir="${CONVEYOR_CONTAINERS_DIR:-$HOME/.cache/conveyor/containers}"
 image="${CONVEYOR_BASE_IMAGE_NAME:-localhost/conveyor-py-base:bookworm}"
 mkdir -p "$dir"
+# Test workers start this at the same time: one writes the files and makes the base image, the others wait.
+exec 9>"$dir/.lock"
+flock 9
 
 nofile="$(ulimit -Hn)"
 [ "$nofile" = unlimited ] && nofile=1048576
