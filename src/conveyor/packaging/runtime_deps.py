@@ -125,9 +125,12 @@ def prepare(requirements: Sequence[str], python: str, cache_dir: Path) -> Path:
                                 f"Python {python}: pip says:\n{tail}")
         _trim(staging)
         (staging / ".complete").write_text("\n".join(requirements) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(staging, dest)
+        try:
+            os.replace(staging, dest)
+        except OSError:  # another process prepared the same set first: keep theirs (others may be reading it)
+            if not (dest / ".complete").is_file():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
