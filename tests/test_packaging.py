@@ -229,8 +229,9 @@ def test_image_serves_predictions_as_non_root_with_labels_and_lineage(
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("containers")
-def test_generated_dockerfile_passes_hadolint(iris_project: Path, podman_env: dict[str, str]) -> None:
-    out = Path(iris_project) / "build-lint"
+def test_generated_dockerfile_passes_hadolint(iris_project: Path, podman_env: dict[str, str],
+                                              tmp_path: Path) -> None:
+    out = tmp_path / "build-lint"  # outside the repository, which must stay clean for `conveyor run`
     _conveyor(iris_project, "package", "iris@1", "--no-build", "--output", str(out), "--base-image",
               podman_env["CONVEYOR_BASE_IMAGE"])
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
