@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-serving bench-triggers bench-deploy lint clean
+.PHONY: demo test bench bench-serving bench-triggers bench-deploy bench-package bench-dashboard lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ demo: $(STAMP)  ## Scaffold the iris example, run the whole line, query the live
 
 test: $(STAMP)  ## Type-check the package, then run the test suite (integration tests included).
 	$(BIN)/python -m mypy src/conveyor
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lint: $(STAMP)  ## Type-check the package (strict).
 	$(BIN)/python -m mypy src/conveyor
@@ -34,9 +34,11 @@ bench-triggers: $(STAMP)  ## Trigger costs: commit with/without the hook, signed
 bench-deploy: $(STAMP)  ## Deploys and rollbacks under load: failed requests (must be 0), time to 100 %.
 	$(BIN)/python benchmarks/deploy.py
 
+bench-package: $(STAMP)  ## Image build, model-only rebuild and image size (needs podman: scripts/containers.sh).
+	$(BIN)/python benchmarks/package.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache
 
-.PHONY: bench-dashboard
 bench-dashboard: $(STAMP)  ## Dashboard page loads on 10,000 runs and 1,000 versions, paginated vs unpaginated.
 	$(BIN)/python benchmarks/dashboard.py

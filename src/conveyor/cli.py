@@ -876,3 +876,12 @@ from conveyor.deploy import cli as _deploy_cli  # noqa: E402 - registered last, 
 main.add_command(_deploy_cli.deploy)
 deployments.add_command(_deploy_cli.restart)
 deployments.add_command(_deploy_cli.traffic)
+from conveyor.packaging.cli import package as _package  # noqa: E402
+
+main.add_command(_package)
+from conveyor.deploy.container_cli import containers as _containers  # noqa: E402
+
+main.add_command(_containers)
+from conveyor.deploy.kubernetes_cli import kubernetes as _kubernetes  # noqa: E402
+
+main.add_command(_kubernetes)

@@ -246,6 +246,21 @@ class DeployConfig:
 
 
 @dataclass(frozen=True)
+class PackageConfig:
+    """How `conveyor package` builds the image: `base_image` (default a slim Python of
+    `python`, itself defaulting to the Python the model was saved with)."""
+
+    __pydantic_config__ = _STRICT
+
+    base_image: str | None = None
+    python: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.python is not None and not re.fullmatch(r"3\.[0-9]+", self.python):
+            raise ValueError(f"python: '{self.python}' must be a Python version such as \"3.11\"")
+
+
+@dataclass(frozen=True)
 class TriggersConfig:
     __pydantic_config__ = _STRICT
 
@@ -287,6 +302,7 @@ class Config:
     triggers: TriggersConfig = field(default_factory=TriggersConfig)
     registry: str | None = None
     remote: str | None = None  # artifact remote (fsspec URL); CI files pull and push only when it is set
+    package: PackageConfig = field(default_factory=PackageConfig)
 
     def __post_init__(self) -> None:
         _require_text(project=self.project)

@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
@@ -419,6 +419,21 @@ class Registry:
             move = AliasMove(name, alias, current, None, _now(), actor, reason, run_id, kind)
             self._record(conn, move)
             return move
+
+        return self._write(name, write)
+
+    def record_image(self, name: str, version: int, image: Mapping[str, Any]) -> ModelVersion:
+        """Set `lineage["image"]` of a version: the one field written after registration, because
+        the image is built from the registered version (`conveyor package`). The rest stays immutable."""
+
+        def write(conn: sa.Connection) -> ModelVersion:
+            current = self._row(conn, name, version)
+            if current is None:
+                raise ModelNotFound(f"{name}@{version}", self._hint(conn, name))
+            lineage = {**current.lineage, "image": _json("image", dict(image))}
+            conn.execute(model_versions.update().where(model_versions.c.name == name,
+                                                       model_versions.c.version == version).values(lineage=lineage))
+            return replace(current, lineage=lineage)
 
         return self._write(name, write)
 

@@ -1,0 +1,84 @@
+"""The container deploy target with real podman containers: health-gated switch, kept old one, rollback."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from test_packaging import _Images, _package, _podman, images, iris_project, podman_env  # noqa: F401
+
+from conveyor.deploy import container
+from conveyor.exceptions import ConveyorError
+
+ROWS = {"rows": [[5.1, 3.5, 1.4, 0.2]]}
+
+
+def _free_pair() -> int:
+    """A port whose successor is free too (blue/green uses both)."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            if port >= 65535:
+                continue
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    pytest.fail("no two free consecutive ports")
+
+
+@pytest.fixture
+def deployment(podman_env: dict[str, str]) -> Iterator[str]:  # noqa: F811
+    name = f"conveyor-test-{__import__('uuid').uuid4().hex[:8]}"
+    yield name
+    for found in container.containers(name):
+        _podman("rm", "--force", "--time", "5", found.name, check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("containers")
+def test_deploy_switches_after_readiness_keeps_the_old_one_and_rolls_back(
+        iris_project: Path, podman_env: dict[str, str], images: _Images, deployment: str) -> None:  # noqa: F811
+    image = images.name("iris:deploy")
+    _package(iris_project, "iris@1", image, podman_env)
+    port = _free_pair()
+
+    first = container.deploy(image, deployment=deployment, port=port, timeout_s=180)
+    assert first.replaced is None and first.serving.port == port
+    assert httpx.post(f"{first.serving.url}/predict", json=ROWS, timeout=30).status_code == 200
+
+    second = container.deploy(image, deployment=deployment, port=port, timeout_s=180)
+    assert second.replaced is not None and second.replaced.name == first.serving.name
+    assert second.serving.port == port + 1
+    assert httpx.post(f"{second.serving.url}/predict", json=ROWS, timeout=30).status_code == 200
+    states = {c.name: c.running for c in container.containers(deployment)}
+    assert states == {first.serving.name: False, second.serving.name: True}  # the old one kept, stopped
+
+    back = container.rollback(deployment, timeout_s=180)
+    assert back.serving.name == first.serving.name and back.replaced is not None
+    assert httpx.post(f"{first.serving.url}/predict", json=ROWS, timeout=30).status_code == 200
+    states = {c.name: c.running for c in container.containers(deployment)}
+    assert states == {first.serving.name: True, second.serving.name: False}
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("containers")
+def test_an_image_that_never_gets_ready_leaves_the_serving_container_alone(
+        iris_project: Path, podman_env: dict[str, str], images: _Images, deployment: str) -> None:  # noqa: F811
+    image = images.name("iris:deploy-ok")
+    _package(iris_project, "iris@1", image, podman_env)
+    port = _free_pair()
+    serving = container.deploy(image, deployment=deployment, port=port, timeout_s=180).serving
+
+    # The base image runs `python3` with no terminal: it exits at once and never answers /readyz.
+    with pytest.raises(ConveyorError, match="exited"):
+        container.deploy(podman_env["CONVEYOR_BASE_IMAGE"], deployment=deployment, port=port, timeout_s=60)
+    found = container.containers(deployment)
+    assert [(c.name, c.running) for c in found] == [(serving.name, True)]  # the failed one is removed
+    assert httpx.post(f"{serving.url}/predict", json=ROWS, timeout=30).status_code == 200
