@@ -831,3 +831,10 @@ def deployments_stop() -> None:
 
     stopped = local.stop(Project.find())
     console.print("Nothing was running." if stopped is None else f"Stopped {stopped.name}@{stopped.version} (pid {stopped.pid}).")
+
+
+# -- data and artifacts: push, pull, verify, gc, data, import (conveyor.data_cli) ---------
+from conveyor.data_cli import COMMANDS as _DATA_COMMANDS  # noqa: E402 - registered after the core commands
+
+for _command in _DATA_COMMANDS:
+    main.add_command(_command)

@@ -52,3 +52,9 @@ MAX_BATCH_ROWS = 64
 
 MAX_BATCH_WAIT_MS = 2.0
 """Longest the micro-batcher waits for more requests when others are in flight."""
+
+GC_KEEP_LAST_RUNS = 10
+"""Runs whose stage outs `conveyor gc` keeps (`--keep-last`); registered versions and tracked data are always kept."""
+
+REMOTE_JOBS = 8
+"""Batches of objects a push or pull keeps in flight (`--jobs`)."""
