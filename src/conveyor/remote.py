@@ -88,7 +88,7 @@ class Remote:
                 self.fs: Any = fsspec.filesystem("file")
                 self.base = local.as_posix()
             else:
-                self.fs, self.base = fsspec.core.url_to_fs(clean, **options)
+                self.fs, self.base = fsspec.core.url_to_fs(clean, skip_instance_cache=True, **options)
                 self.base = str(self.base).rstrip("/")
         protocol = self.fs.protocol
         protocols = {protocol} if isinstance(protocol, str) else set(protocol)
