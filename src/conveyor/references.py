@@ -56,7 +56,7 @@ def run_roots(project: Project, *, last: int | None = None, run_id: str | None =
     else:
         ids = runs.ids()
         chosen = []
-        for rid in (ids if last is None else ids[-last:] if last > 0 else []):
+        for rid in (ids if last is None else ids[:last]):  # newest first
             try:
                 chosen.append(runs.load(rid))
             except ConveyorError:
