@@ -205,9 +205,14 @@ def _scan(root: Path, rel: str, *, jobs: int = 4) -> _Scan:
     known = index.entries()
     stats = _parse(listing)
     todo = [name for name, st in stats.items() if known.get(name, [None])[:4] != list(st)]
-    full = [path / name if name else path for name in todo]
+    chunks = [todo[i:i + 256] for i in range(0, len(todo), 256)]  # one task per file costs more than a small hash
+
+    def hash_chunk(names: list[str]) -> list[str]:
+        return [hash_large(path / name if name else path) for name in names]
+
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        fresh = dict(zip(todo, pool.map(hash_large, full)))
+        fresh = {name: digest for names, digests in zip(chunks, pool.map(hash_chunk, chunks))
+                 for name, digest in zip(names, digests)}
     files: dict[str, tuple[str, bool, int]] = {}
     entries: dict[str, list[object]] = {}
     for name, st in stats.items():

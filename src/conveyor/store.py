@@ -252,18 +252,24 @@ class ArtifactStore:
         instead of corrupting the store; a copy is made across devices.
         """
         dest = self.object_path(digest)
+        if link:
+            # A link is whole the moment it exists, so it can take the final name directly.
+            for attempt in range(2):
+                try:
+                    os.link(source, dest)
+                except FileExistsError:
+                    return
+                except FileNotFoundError:
+                    if attempt == 0 and source.exists():
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        continue
+                    raise
+                except OSError:
+                    break  # another device, or no hard links here: copy instead
+                os.chmod(dest, 0o555 if os.stat(dest).st_mode & stat.S_IXUSR else 0o444)
+                return
         if dest.is_file():
             return
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if link:
-            tmp = dest.with_name(f".tmp-{os.getpid()}-{dest.name}")
-            try:
-                os.link(source, tmp)
-                os.chmod(tmp, 0o555 if os.stat(tmp).st_mode & stat.S_IXUSR else 0o444)
-                os.replace(tmp, dest)
-                return
-            except OSError:
-                Path(tmp).unlink(missing_ok=True)  # another device or no link support: copy instead
         self._put_object(source)
 
     def add_verified(self, tmp: Path, digest: str) -> bool:
