@@ -135,29 +135,26 @@ def test_redact_masks_credentials_from_the_url() -> None:
 
 # -- a real S3 API: moto's server on a free loopback port ----------------------------------------
 @pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    """`moto_server` on a port the OS picks; the URL it listens on."""
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`moto_server` on a port the OS picks; the URL it listens on. Its log goes to a file: a pipe
+    nobody reads would fill up and stall the server."""
     server = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
     assert server, "moto[server] is in the dev extra"
-    process = subprocess.Popen([server, "-H", "127.0.0.1", "-p", "0"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([server, "-H", "127.0.0.1", "-p", "0"], stdout=out, stderr=subprocess.STDOUT)
     try:
         url = None
         deadline = time.monotonic() + 120
-        assert process.stdout is not None
-        while url is None and time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            found = re.search(r"Running on (http://127\.0\.0\.1:\d+)", line)
+        while url is None and time.monotonic() < deadline and process.poll() is None:
+            found = re.search(r"Running on (http://127\.0\.0\.1:\d+)", log.read_text(errors="replace"))
             url = found.group(1) if found else None
-        assert url, "moto_server did not start"
+            time.sleep(0.05)
+        assert url, f"moto_server did not start: {log.read_text(errors='replace')[-2000:]}"
         yield url
     finally:
         process.kill()
         process.wait(timeout=60)
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 def _s3_env(endpoint: str) -> dict[str, str]:
