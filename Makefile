@@ -28,5 +28,9 @@ bench: $(STAMP)  ## Benchmarks; results go to benchmarks/RESULTS.md.
 bench-serving: $(STAMP)  ## Serving throughput vs MLflow and bare Starlette (needs wrk; installs MLflow once).
 	$(BIN)/python benchmarks/serving.py
 
+.PHONY: bench-data
+bench-data: $(STAMP)  ## Data add/status/push/pull vs DVC on moto S3 (installs DVC + dvc-s3 once).
+	$(BIN)/python benchmarks/data.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache
