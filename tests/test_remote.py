@@ -82,6 +82,22 @@ def test_a_directory_remote_moves_only_what_is_missing_and_a_clone_gets_its_data
     assert data.status(project)[0].digest == expected
 
 
+def test_the_remote_comes_from_the_flag_then_the_environment_then_conveyor_yaml(project: Path, tmp_path: Path) -> None:
+    in_yaml, in_env, in_flag = tmp_path / "yaml", tmp_path / "env", tmp_path / "flag"
+    with open(project / "conveyor.yaml", "a") as config:
+        config.write(f"remote: {in_yaml}\n")
+    assert _cli(project, "push").returncode == 0
+    assert _cli(project, "push", env={"CONVEYOR_REMOTE": str(in_env)}).returncode == 0
+    assert _cli(project, "push", "--remote", str(in_flag), env={"CONVEYOR_REMOTE": str(in_env)}).returncode == 0
+    assert len(_objects(in_yaml)) == len(_objects(in_env)) == len(_objects(in_flag)) == 42
+
+
+def test_without_a_remote_the_error_says_how_to_set_one(project: Path) -> None:
+    failed = _cli(project, "pull", env={"CONVEYOR_REMOTE": ""})
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("Error: no remote configured") and "CONVEYOR_REMOTE" in failed.stderr
+
+
 def test_a_corrupt_remote_object_is_reported_and_never_enters_the_store(project: Path, tmp_path: Path) -> None:
     remote = tmp_path / "remote"
     assert _cli(project, "push", "--remote", str(remote)).returncode == 0
