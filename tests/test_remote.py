@@ -18,7 +18,7 @@ from conftest import git
 
 from conveyor import data
 from conveyor.remote import Remote
-from conveyor.store import ArtifactStore, hash_file
+from conveyor.store import ArtifactStore, hash_bytes, hash_file
 
 CONFIG = """\
 project: remote
@@ -54,7 +54,24 @@ def _cli(root: Path, *args: str, env: dict[str, str] | None = None) -> subproces
 
 
 def _objects(root: Path) -> dict[str, Path]:
+    """Loose objects of a directory remote (large ones; small ones are in packs)."""
     return {p.parent.name + p.name: p for p in (root / "objects").glob("*/*")}
+
+
+def _inventory(root: Path) -> set[str]:
+    return Remote(str(root)).digests()
+
+
+def _intact(root: Path) -> bool:
+    """Every loose object and every object of every indexed pack hashes to its digest."""
+    if not all(hash_file(path) == digest for digest, path in _objects(root).items()):
+        return False
+    for index in (root / "packs").glob("*.idx"):
+        pack = index.with_suffix(".pack").read_bytes()
+        for digest, (offset, length) in json.loads(index.read_text()).items():
+            if hash_bytes(pack[offset:offset + length]) != digest:
+                return False
+    return True
 
 
 def _reset_clone(root: Path) -> None:
@@ -69,7 +86,9 @@ def test_a_directory_remote_moves_only_what_is_missing_and_a_clone_gets_its_data
     first = _cli(project, "push", "--remote", str(remote), "--json")
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout)["moved"] == 42  # 41 files + the manifest
-    assert all(hash_file(path) == digest for digest, path in _objects(remote).items())
+    assert len(_inventory(remote)) == 42 and _intact(remote)
+    assert len(_objects(remote)) == 1  # the 1 MiB file; the 41 small objects went in one pack
+    assert len(list((remote / "packs").glob("*.idx"))) == 1
     again = _cli(project, "push", "--remote", str(remote), "--json")
     assert json.loads(again.stdout) == {"moved": 0, "present": 42, "bytes": 0, "missing": [], "corrupt": []}
     expected = data.status(project)[0].digest
@@ -89,7 +108,7 @@ def test_the_remote_comes_from_the_flag_then_the_environment_then_conveyor_yaml(
     assert _cli(project, "push").returncode == 0
     assert _cli(project, "push", env={"CONVEYOR_REMOTE": str(in_env)}).returncode == 0
     assert _cli(project, "push", "--remote", str(in_flag), env={"CONVEYOR_REMOTE": str(in_env)}).returncode == 0
-    assert len(_objects(in_yaml)) == len(_objects(in_env)) == len(_objects(in_flag)) == 42
+    assert len(_inventory(in_yaml)) == len(_inventory(in_env)) == len(_inventory(in_flag)) == 42
 
 
 def test_without_a_remote_the_error_says_how_to_set_one(project: Path) -> None:
@@ -104,14 +123,22 @@ def test_a_corrupt_remote_object_is_reported_and_never_enters_the_store(project:
     victim_digest, victim = next((d, p) for d, p in _objects(remote).items() if p.stat().st_size == 1 << 20)
     victim.chmod(0o644)
     victim.write_bytes(b"bit rot")
+    index = next((remote / "packs").glob("*.idx"))
+    packed_digest, (offset, _length) = next(iter(json.loads(index.read_text()).items()))
+    pack = bytearray(index.with_suffix(".pack").read_bytes())
+    pack[offset] ^= 0xFF
+    index.with_suffix(".pack").write_bytes(bytes(pack))
     checked = _cli(project, "verify", "--remote", "--remote-url", str(remote))
     assert checked.returncode == 1
     assert f"corrupt on the remote: {victim_digest[:16]}" in checked.stdout
+    assert f"corrupt on the remote: {packed_digest[:16]}" in checked.stdout
     _reset_clone(project)
     pulled = _cli(project, "pull", "--remote", str(remote))
     assert pulled.returncode == 1
     assert "arrived corrupt" in pulled.stderr and "Traceback" not in pulled.stderr
+    assert "2 object(s) arrived corrupt" in pulled.stderr
     assert not ArtifactStore(project / ".conveyor" / "cache").has(victim_digest)
+    assert not ArtifactStore(project / ".conveyor" / "cache").has(packed_digest)
     assert not list((project / ".conveyor" / "cache" / "tmp").iterdir())  # no leftovers
 
 
@@ -132,13 +159,13 @@ def test_an_interrupted_push_leaves_no_partial_object_and_resumes(project: Path,
     finally:
         process.kill()
         process.wait(timeout=60)
-    assert all(hash_file(path) == digest for digest, path in _objects(remote).items())  # nothing partial
+    assert _intact(remote)  # nothing partial under a digest
     resumed = _cli(project, "push", "--remote", str(remote), "--json")
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
     assert summary["moved"] + summary["present"] == 43
-    assert len(_objects(remote)) == 43
-    assert all(hash_file(path) == digest for digest, path in _objects(remote).items())
+    assert len(_inventory(remote)) == 43
+    assert _intact(remote)
 
 
 def test_redact_masks_credentials_from_the_url() -> None:
