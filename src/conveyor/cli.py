@@ -885,3 +885,8 @@ main.add_command(_containers)
 from conveyor.deploy.kubernetes_cli import kubernetes as _kubernetes  # noqa: E402
 
 main.add_command(_kubernetes)
+# -- data and artifacts: push, pull, verify, gc, data, import (conveyor.data_cli) ---------
+from conveyor.data_cli import COMMANDS as _DATA_COMMANDS  # noqa: E402 - registered after the core commands
+
+for _command in _DATA_COMMANDS:
+    main.add_command(_command)

@@ -605,7 +605,8 @@ def check_files(config: Config, tracker: _LineTracker, root: Path) -> list[tuple
         for i, dep in enumerate(stage.deps):
             key = _norm(dep)
             produced = any(_within(key, out) for out in outs)
-            if not produced and not (root / dep).exists():
+            pointed = any((root / f"{key}{suffix}").is_file() for suffix in (".conveyor", ".dvc"))  # tracked data
+            if not produced and not pointed and not (root / dep).exists():
                 problems.append((
                     tracker.line_of(("stages", name, "deps", i)),
                     f"stages.{name}.deps",

@@ -95,3 +95,8 @@ CANARY_PATIENCE_S = 60.0
 
 SHADOW_SHARE = 100.0
 """Percent of requests copied to a shadow candidate."""
+GC_KEEP_LAST_RUNS = 10
+"""Runs whose stage outs `conveyor gc` keeps (`--keep-last`); registered versions and tracked data are always kept."""
+
+REMOTE_JOBS = 8
+"""Batches of objects a push or pull keeps in flight (`--jobs`)."""

@@ -105,3 +105,16 @@ class RunNotFound(ConveyorError):
 
     def __init__(self, run_id: str) -> None:
         super().__init__(f"no run '{run_id}'; `conveyor runs list` shows the runs")
+
+
+class BadDigest(ConveyorError):
+    """A name that should be an object digest is not one (a crafted or damaged pointer)."""
+
+    def __init__(self, digest: str) -> None:
+        shown = digest if len(digest) <= 80 else digest[:77] + "..."
+        super().__init__(f"'{shown}' is not an object digest (64 hex digits, optionally '.dir'); "
+                         "the pointer or manifest that names it is damaged")
+
+
+class RemoteError(ConveyorError):
+    """A remote could not be reached or refused an operation (credentials are never shown)."""

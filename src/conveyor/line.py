@@ -237,6 +237,10 @@ class _Line:
             "environment": {"python": platform.python_version(), "platform": sys.platform,
                             "conveyor": __version__, **metadata.environment},
         }
+        if (self.project.root / "dvc.lock").is_file():  # an imported DVC pipeline: keep DVC's own md5s too
+            from conveyor.dvc import lock_md5s
+
+            lineage["dvc_lock"] = lock_md5s(self.project.root)
         version, created = self.registry.register(
             name=self.config.model.name, digest=digest, flavor=metadata.flavor, signature=metadata.signature,
             metrics=metrics, params=params, lineage=lineage,

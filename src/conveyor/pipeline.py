@@ -133,11 +133,21 @@ def cache_key(stage: StageConfig, deps: Mapping[str, str], params: Mapping[str, 
     return hash_bytes(json.dumps(payload, sort_keys=True, default=str).encode())
 
 
-def hash_deps(root: Path, paths: list[str]) -> dict[str, str]:
-    """Digest of each dep; a missing dep is an error naming it."""
+def hash_deps(root: Path, paths: list[str], store: ArtifactStore | None = None) -> dict[str, str]:
+    """Digest of each dep; a missing dep is an error naming it.
+
+    A dep tracked by `conveyor data add` takes its digest from the stat index
+    (no re-hash of an unchanged tree) and is restored from `store` when missing.
+    """
+    from conveyor.data import dep_digest
+
     digests = {}
     for dep in paths:
         path = root / dep
+        tracked = dep_digest(root, store, dep)
+        if tracked is not None:
+            digests[dep] = tracked
+            continue
         if not path.exists():
             raise ConveyorError(f"dep '{dep}' does not exist (was it deleted after the config was checked?)")
         digests[dep] = hash_path(path)
@@ -202,7 +212,7 @@ class Pipeline:
         stage = self.config.stages[name]
         started = time.perf_counter()
         params = self.params[name]
-        deps = hash_deps(self.root, stage.deps)
+        deps = hash_deps(self.root, stage.deps, self.store)
         key = cache_key(stage, deps, params)
         result = StageResult(name=name, status="cached", key=key, deps=deps, params=params)
         cached = None if force else self.cache.get(key)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -19,10 +20,22 @@ from pathlib import Path
 
 import blake3
 
-from conveyor.exceptions import IntegrityError, ObjectMissing
+from conveyor.exceptions import BadDigest, IntegrityError, ObjectMissing
 
 TREE_SUFFIX = ".dir"
 _CHUNK = 1 << 20
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def check_digest(digest: str) -> str:
+    """Return `digest` if it is a blake3 hex digest (optionally a tree's), else raise `BadDigest`.
+
+    Object names come from pointer files and remotes that anyone can edit; only
+    64 hex digits can never name a path outside `objects/`.
+    """
+    if not _HEX_DIGEST.fullmatch(digest.removesuffix(TREE_SUFFIX)):
+        raise BadDigest(digest)
+    return digest
 
 
 def hash_file(path: Path) -> str:
@@ -105,7 +118,7 @@ class ArtifactStore:
         self.root = root
 
     def object_path(self, digest: str) -> Path:
-        hexdigest = digest.removesuffix(TREE_SUFFIX)
+        hexdigest = check_digest(digest).removesuffix(TREE_SUFFIX)
         return self.root / "objects" / hexdigest[:2] / hexdigest[2:]
 
     def _intact(self, digest: str) -> bool:
@@ -199,6 +212,7 @@ class ArtifactStore:
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{dest.name}-"))
         try:
+            os.chmod(staging, 0o755)  # mkdtemp's 0700 would outlive the swap
             for entry in entries:
                 self._copy_verified(entry["digest"], staging / entry["path"], entry["exec"])
             swap_in_dir(staging, dest)
@@ -210,3 +224,69 @@ class ArtifactStore:
         """The manifest of a stored tree: path, digest and exec flag of each file."""
         entries: list[dict[str, object]] = json.loads(self.read_bytes(digest))
         return entries
+
+    def has(self, digest: str) -> bool:
+        """True when an object is stored under `digest` (not re-hashed: `verify` does that)."""
+        return self.object_path(digest).is_file()
+
+    def digests(self) -> Iterator[str]:
+        """The hex digest of every stored object (trees without their suffix), in no set order."""
+        objects = self.root / "objects"
+        if not objects.is_dir():
+            return
+        with os.scandir(objects) as shards:
+            for shard in shards:
+                if len(shard.name) != 2 or not shard.is_dir():
+                    continue
+                with os.scandir(shard.path) as entries:
+                    for entry in entries:
+                        name = shard.name + entry.name
+                        if _HEX_DIGEST.fullmatch(name):
+                            yield name
+
+    def adopt(self, source: Path, digest: str, *, link: bool = True) -> None:
+        """Make the file `source`, already hashed to `digest`, the object for it.
+
+        With `link`, the object is a hard link to `source` (no copy, no second
+        read) made read-only, so an editor that writes in place fails loudly
+        instead of corrupting the store; a copy is made across devices.
+        """
+        dest = self.object_path(digest)
+        if link:
+            # A link is whole the moment it exists, so it can take the final name directly.
+            for attempt in range(2):
+                try:
+                    os.link(source, dest)
+                except FileExistsError:
+                    return
+                except FileNotFoundError:
+                    if attempt == 0 and source.exists():
+                        dest.parent.mkdir(parents=True, exist_ok=True)
+                        continue
+                    raise
+                except OSError:
+                    break  # another device, or no hard links here: copy instead
+                os.chmod(dest, 0o555 if os.stat(dest).st_mode & stat.S_IXUSR else 0o444)
+                return
+        if dest.is_file():
+            return
+        self._put_object(source)
+
+    def add_verified(self, tmp: Path, digest: str) -> bool:
+        """Move the downloaded file `tmp` into place if it hashes to `digest`; else delete it, False."""
+        check_digest(digest)
+        if hash_file(tmp) != digest.removesuffix(TREE_SUFFIX):
+            tmp.unlink(missing_ok=True)
+            return False
+        dest = self.object_path(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, dest)
+        return True
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store `data` (a manifest, say) as an object; return its hex digest."""
+        digest = hash_bytes(data)
+        if not self._intact(digest):
+            _atomic_write_bytes(self.object_path(digest), data)
+        return digest
