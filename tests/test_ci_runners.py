@@ -9,7 +9,8 @@ cannot be fetched here, so act's `--local-repository` maps each one to a
 stand-in action in a local folder (composite, doing the minimum: setup-python
 puts this Python on PATH and checks its version, upload-artifact copies the
 path to a folder, cache does nothing); the workflow file itself is not
-rewritten. Both runners find Conveyor, and every package the example needs,
+rewritten. act checks out the workflow's own repository itself, by copying
+the working tree (its checkout stand-in is there for when act does not). Both runners find Conveyor, and every package the example needs,
 already installed in this Python, so the jobs' `pip install` only confirms
 them and never reaches an index.
 """
