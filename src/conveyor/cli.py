@@ -853,40 +853,19 @@ def deployments_stop() -> None:
     console.print("Nothing was running." if stopped is None else f"Stopped {stopped.name}@{stopped.version} (pid {stopped.pid}).")
 
 
-# -- ui ---------------------------------------------------------------------------------------
-from conveyor.dashboard.cli import ui  # noqa: E402  (a command of its own module, registered here)
-
-main.add_command(ui)
-# -- commands that live in their own modules ---------------------------------------------
+# -- commands that live in their own modules, registered once the groups above exist ------------
 from conveyor.ci.cli import ci  # noqa: E402
-
-main.add_command(ci)
+from conveyor.dashboard.cli import ui  # noqa: E402
+from conveyor.data_cli import COMMANDS as _DATA_COMMANDS  # noqa: E402
+from conveyor.deploy import cli as _deploy_cli  # noqa: E402
+from conveyor.deploy.container_cli import containers  # noqa: E402
+from conveyor.deploy.kubernetes_cli import kubernetes  # noqa: E402
+from conveyor.packaging.cli import package  # noqa: E402
 from conveyor.report.cli import report  # noqa: E402
+from conveyor.triggers.cli import hooks, watch  # noqa: E402
 
-main.add_command(report)
-from conveyor.triggers.cli import hooks  # noqa: E402
-
-main.add_command(hooks)
-from conveyor.triggers.cli import watch  # noqa: E402
-
-main.add_command(watch)
-# -- deploy (conveyor/deploy/cli.py) --------------------------------------------------------
-from conveyor.deploy import cli as _deploy_cli  # noqa: E402 - registered last, after the groups exist
-
-main.add_command(_deploy_cli.deploy)
+for _command in (_deploy_cli.deploy, package, containers, kubernetes, ci, hooks, watch, report, ui,
+                 *_DATA_COMMANDS):
+    main.add_command(_command)
 deployments.add_command(_deploy_cli.restart)
 deployments.add_command(_deploy_cli.traffic)
-from conveyor.packaging.cli import package as _package  # noqa: E402
-
-main.add_command(_package)
-from conveyor.deploy.container_cli import containers as _containers  # noqa: E402
-
-main.add_command(_containers)
-from conveyor.deploy.kubernetes_cli import kubernetes as _kubernetes  # noqa: E402
-
-main.add_command(_kubernetes)
-# -- data and artifacts: push, pull, verify, gc, data, import (conveyor.data_cli) ---------
-from conveyor.data_cli import COMMANDS as _DATA_COMMANDS  # noqa: E402 - registered after the core commands
-
-for _command in _DATA_COMMANDS:
-    main.add_command(_command)

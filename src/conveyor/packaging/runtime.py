@@ -46,7 +46,9 @@ class BakedSource(ModelSource):
         self.model_dir = model_dir
         self.ref = version.ref
 
-    def resolve(self) -> ModelVersion:
+    def resolve(self, ref: str | None = None) -> ModelVersion:
+        if ref not in (None, self.ref, f"{self.version.name}@{self.version.version}"):
+            raise ServingError(f"this image serves only {self.ref}; package {ref} as an image of its own")
         return self.version
 
     def load(self, version: ModelVersion) -> Served:
