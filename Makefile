@@ -45,3 +45,7 @@ clean:
 
 bench-dashboard: $(STAMP)  ## Dashboard page loads on 10,000 runs and 1,000 versions, paginated vs unpaginated.
 	$(BIN)/python benchmarks/dashboard.py
+
+.PHONY: bench-disagreement
+bench-disagreement: $(STAMP)  ## What comparing a canary or shadow with stable costs a request (latency, requests/s).
+	$(BIN)/python benchmarks/disagreement.py

@@ -295,18 +295,20 @@ def test_gate_combinations_are_checked(tmp_path: Path, gate: str, expected: str)
 def test_deploy_rollout_keys_load_and_survive_the_cache(tmp_path: Path) -> None:
     text = VALID + ("deploy:\n  workers: 3\n  follow_interval_s: 0.5\n  strategy: canary\n"
                     "  canary: {steps: [5, 25, 100], interval_s: 10, min_requests: 50, max_error_rate: 0.02, "
-                    "max_p99_ms: 40}\n  shadow: {share: 20}\n  predictions_need_token: true\n")
+                    "max_p99_ms: 40, max_disagreement: 0.05}\n  shadow: {share: 20}\n  predictions_need_token: true\n")
     root = _project(tmp_path, text)
     for _ in range(2):  # parsed, then read back from the cache
         deploy = config.load(root, tmp_path / "state").deploy
         assert (deploy.workers, deploy.follow_interval_s, deploy.strategy) == (3, 0.5, "canary")
         assert deploy.canary.steps == [5, 25, 100] and deploy.canary.max_p99_ms == 40 and deploy.shadow.share == 20
         assert deploy.predictions_need_token is True
+        assert deploy.canary.max_disagreement == 0.05
 
 
 @pytest.mark.parametrize(("deploy", "expected"), [
     ("  canary: {steps: [50, 10]}", "deploy.canary.steps: must be rising percentages"),
     ("  canary: {max_error_rate: 2}", "deploy.canary.max_error_rate: must be a fraction between 0 and 1"),
+    ("  canary: {max_disagreement: 1.5}", "deploy.canary.max_disagreement: must be a fraction between 0 and 1"),
     ("  canary: {interval: 3}", "deploy.canary.interval: unknown key"),
     ("  shadow: {share: 0}", "deploy.shadow.share: must be a percentage in (0, 100]"),
     ("  strategy: blue-green", "deploy.strategy: Input should be 'replace', 'canary' or 'shadow'"),

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,3 +155,100 @@ def test_predictions_need_token_guards_predictions_with_a_private_token_file(pro
     assert proj.cli("deployments", "stop").returncode == 0
     assert proj.cli("deploy", "iris@production").returncode == 0
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text().strip() == token
+
+
+class _Requests:
+    """Predictions sent to the local server from a thread (rows of every iris class, in turn) while it runs."""
+
+    def __init__(self, port: int) -> None:
+        import threading
+
+        self.port, self.stop, self.answered, self.not_setosa = port, threading.Event(), 0, 0
+        self.rows = load_iris(return_X_y=True)[0][::5].tolist()
+        self.thread = threading.Thread(target=self._send, daemon=True)
+
+    def _send(self) -> None:
+        import http.client
+
+        sent = 0
+        while not self.stop.is_set():
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            try:
+                conn.request("POST", "/predict", json.dumps({"rows": [self.rows[sent % len(self.rows)]]}),
+                             {"content-type": "application/json"})
+                if conn.getresponse().status == 200:
+                    self.answered += 1
+                    self.not_setosa += sent % len(self.rows) >= len(self.rows) // 3  # rows 0-9 of 30 are setosa
+            except OSError:
+                self.stop.wait(0.05)
+            finally:
+                conn.close()
+            sent += 1
+
+    def __enter__(self) -> _Requests:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+
+def _register(proj: _Project, model: object) -> int:
+    X, _ = load_iris(return_X_y=True)
+    path = save_model(model, proj.root / "build" / type(model).__name__, X[:5])
+    version, _ = proj.registry.register(name="iris", digest=ArtifactStore(proj.project.cache_dir).put(path),
+                                        flavor="sklearn", signature=read_metadata(path).signature, metrics={},
+                                        params={}, lineage={}, gates=[], run_id=None)
+    return version.version
+
+
+def test_a_canary_over_max_disagreement_is_rolled_back_and_an_identical_one_promoted(proj: _Project) -> None:
+    from sklearn.dummy import DummyClassifier
+
+    X, y = load_iris(return_X_y=True)
+    constant = _register(proj, DummyClassifier(strategy="constant", constant=0).fit(X, y))  # v3: always setosa
+    same = _register(proj, LogisticRegression(C=1.0, max_iter=999).fit(X, y))  # v4: v1's predictions, unreached max_iter
+    assert proj.cli("deploy", "iris@production").returncode == 0
+    canary = ("--strategy", "canary", "--steps", "100", "--interval", "1", "--min-requests", "20",
+              "--max-disagreement", "0.05")
+    with _Requests(proj.port):
+        different = proj.cli("deploy", f"iris@{constant}", *canary)
+        assert different.returncode == 1, different.stdout + different.stderr
+        assert "rolled back: disagreement " in different.stdout
+        assert "with stable at 100% of traffic is over the limit 5.0%" in different.stdout
+        last = proj.registry.alias_history("iris", "production")[0]
+        assert (last.kind, last.to_version) == ("rollback", 1) and "disagreement" in last.reason
+
+        identical = proj.cli("deploy", f"iris@{same}", *canary, "--json")
+        assert identical.returncode == 0, identical.stdout + identical.stderr
+        outcome = json.loads(identical.stdout)
+        assert outcome["result"] == "promoted" and "disagreement 0.0%" in outcome["reason"]
+    assert proj.registry.aliases("iris")["production"] == same
+
+
+def test_deployments_shows_a_shadows_disagreement_and_latency(proj: _Project) -> None:
+    from sklearn.dummy import DummyClassifier
+
+    X, y = load_iris(return_X_y=True)
+    constant = _register(proj, DummyClassifier(strategy="constant", constant=0).fit(X, y))
+    assert proj.cli("deploy", "iris@production").returncode == 0
+    local.set_traffic(proj.project, f"iris@{constant}", 100, mode="shadow")
+    with _Requests(proj.port) as requests:
+        deadline = time.monotonic() + 60
+        while requests.answered < 30:
+            assert time.monotonic() < deadline and requests.thread.is_alive(), "30 answers within 60s"
+            time.sleep(0.05)
+    deadline = time.monotonic() + 60
+    while True:  # shadow copies are predicted after stable answered
+        shown = json.loads(proj.cli("deployments", "--json").stdout)["traffic"]
+        if shown["predictions"] >= requests.answered or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert (shown["mode"], shown["candidate"], shown["errors"]) == ("shadow", f"iris@{constant}", 0)
+    assert shown["predictions"] == shown["compared"] == requests.answered
+    assert shown["disagreed"] == requests.not_setosa > 0  # the constant candidate is right on setosa rows only
+    assert shown["p99_ms"] is not None
+    text = proj.shown()
+    assert f"100% of traffic, shadow iris@{constant} gets 100%" in text
+    assert f"disagreement {shown['disagreement']:.1%} ({shown['disagreed']} of {shown['compared']})" in text

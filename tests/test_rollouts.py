@@ -14,7 +14,7 @@ from test_serving import ROW, TOKEN, Line, _Broken, _Server
 
 from conveyor.serving.app import ServingApp
 from conveyor.serving.metrics import ServingMetrics
-from conveyor.serving.rollout import counts_from_metrics
+from conveyor.serving.rollout import Counts, Criteria, counts_from_metrics, judge
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
@@ -33,6 +33,10 @@ class _Running:
         assert self.app.metrics is not None
         counts = counts_from_metrics(self.app.metrics.render()[0].decode(), "iris", version, shadow=shadow)
         return counts.ok, counts.errors
+
+    def record(self, version: int, shadow: bool = False) -> Counts:
+        assert self.app.metrics is not None
+        return counts_from_metrics(self.app.metrics.render()[0].decode(), "iris", version, shadow=shadow)
 
     def wait_for_version(self, version: int, timeout_s: float = 20.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -172,7 +176,8 @@ def test_a_canary_answers_its_share_and_stable_answers_what_it_fails_on(running:
     assert {running.version(LARGE_PETALS) for _ in range(5)} == {1}  # what it fails on, stable answers
     assert running.counts(3) == (1, 5)
     state = running.client.get("/-/state", headers=AUTH).json()
-    assert state["traffic"] == {"stable": "iris@1", "candidate": "iris@3", "share": 100.0, "mode": "canary"}
+    assert state["traffic"] == {"stable": "iris@1", "candidate": "iris@3", "share": 100.0, "mode": "canary",
+                                "compare": False}
 
     ended = running.client.post("/-/traffic", json={"share": 0}, headers=AUTH)
     assert ended.status_code == 200 and ended.json()["candidate"] is None
@@ -217,3 +222,85 @@ def test_with_a_prediction_token_every_prediction_route_needs_it_and_probes_stay
             assert answered.status_code == 200, (path, answered.text)
         for probe in ("/healthz", "/readyz", "/version", "/v2/health/ready"):
             assert client.get(probe).status_code == 200, probe
+
+
+def _always_setosa(line: Line) -> Any:
+    """A candidate that loads, warms and answers fine, and predicts class 0 whatever it is asked."""
+    from sklearn.dummy import DummyClassifier
+
+    return DummyClassifier(strategy="constant", constant=0).fit(line.X, line.y)
+
+
+def _ask_every_class(running: _Running, line: Line) -> list[int]:
+    """Thirty requests, ten rows of each iris class; the versions that answered."""
+    return [running.version([float(v) for v in row]) for row in line.X[::5]]
+
+
+def test_a_canary_that_answers_differently_breaches_max_disagreement_and_an_identical_one_passes(
+    running: _Running, line: Line
+) -> None:
+    line.publish(_always_setosa(line), alias=None)  # v2: agrees with stable on setosa rows only
+    from sklearn.linear_model import LogisticRegression
+
+    # v3: trained like v1 (another artifact: max_iter differs, unreached), so it predicts exactly what v1 does
+    line.publish(LogisticRegression(max_iter=999).fit(line.X, line.y), alias=None)
+    criteria = Criteria(max_error_rate=0.01, min_requests=20, max_disagreement=0.05)
+
+    split = {"candidate": "iris@2", "share": 100, "compare": True}
+    reply = running.client.post("/-/traffic", json=split, headers=AUTH)
+    assert reply.status_code == 200 and reply.json()["traffic"]["compare"] is True
+    assert set(_ask_every_class(running, line)) == {2}  # the candidate answers its share, as without compare
+    different = running.record(2)
+    assert (different.ok, different.errors, different.agreed, different.disagreed) == (30, 0, 10, 20)
+    assert running.counts(1) == (30, 0)  # stable predicted every compared request too
+    verdict = judge(different, criteria, 100)
+    assert verdict.state == "fail"
+    assert verdict.reason == "disagreement 66.7% (20 of 30) with stable at 100% of traffic is over the limit 5.0%"
+    assert judge(different, Criteria(max_error_rate=0.01, min_requests=20), 100).state == "pass"  # errors alone
+
+    split = {"candidate": "iris@3", "share": 100, "compare": True}
+    assert running.client.post("/-/traffic", json=split, headers=AUTH).status_code == 200
+    assert set(_ask_every_class(running, line)) == {3}
+    identical = running.record(3)
+    assert (identical.agreed, identical.disagreed) == (30, 0)
+    assert judge(identical, criteria, 100).state == "pass"
+
+
+def test_a_canary_without_compare_leaves_stable_alone(running: _Running, line: Line) -> None:
+    line.publish(_always_setosa(line), alias=None)
+    assert running.client.post("/-/traffic", json={"candidate": "iris@2", "share": 100},
+                               headers=AUTH).status_code == 200
+    assert set(_ask_every_class(running, line)) == {2}
+    assert running.record(2).compared == 0 and running.counts(1) == (0, 0)
+    bad = running.client.post("/-/traffic", json={"candidate": "iris@2", "share": 100, "compare": "yes"},
+                              headers=AUTH)
+    assert bad.status_code == 422 and "compare: must be true or false" in bad.json()["error"]
+
+
+def test_a_candidate_failing_a_compared_request_leaves_it_to_stable_and_uncompared(
+    running: _Running, line: Line
+) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    line.publish(_FailsOnLargePetals(LogisticRegression(max_iter=1000).fit(line.X, line.y)), alias=None)
+    split = {"candidate": "iris@2", "share": 100, "compare": True}
+    assert running.client.post("/-/traffic", json=split, headers=AUTH).status_code == 200
+    assert {running.version(LARGE_PETALS) for _ in range(3)} == {1}
+    assert running.version(ROW) == 2
+    record = running.record(2)
+    assert (record.ok, record.errors, record.agreed, record.disagreed) == (1, 3, 1, 0)
+
+
+def test_a_shadow_records_its_disagreement_with_stable(running: _Running, line: Line) -> None:
+    line.publish(_always_setosa(line), alias=None)
+    split = {"candidate": "iris@2", "share": 100, "mode": "shadow"}
+    assert running.client.post("/-/traffic", json=split, headers=AUTH).status_code == 200
+    assert set(_ask_every_class(running, line)) == {1}  # stable answers every request
+    deadline = time.monotonic() + 20
+    while running.record(2, shadow=True).compared < 30:
+        assert time.monotonic() < deadline, f"shadow record {running.record(2, shadow=True)}"
+        time.sleep(0.02)
+    shadow = running.record(2, shadow=True)
+    assert (shadow.ok, shadow.agreed, shadow.disagreed) == (30, 10, 20)
+    assert shadow.p99_s() is not None  # the shadow's latency is recorded beside its disagreement
+    assert running.record(2).compared == 0  # nothing counted as a canary's

@@ -821,21 +821,28 @@ def deployments(ctx: click.Context, as_json: bool) -> None:
         return
     from conveyor.deploy import local
 
+    from conveyor.deploy.rollout import describe_split, split_report
+
     live = local.current(Project.find())
+    traffic: dict[str, Any] | None = None
+    if live is not None:
+        try:
+            traffic = split_report(Project.find())
+        except ConveyorError:
+            traffic = None
     if as_json:
         _dump_json(None if live is None else {"ref": live.ref, "name": live.name, "version": live.version,
-                                               "url": live.url, "pid": live.pid, "started_at": live.started_at})
+                                               "url": live.url, "pid": live.pid, "started_at": live.started_at,
+                                               "traffic": traffic})
         return
     if live is None:
         console.print("Nothing is deployed locally.")
         return
-    try:
-        traffic = local.deployment_state(Project.find()).get("traffic")
-    except ConveyorError:
-        traffic = None
     split = "100% of traffic" if not traffic else (
         f"{100 - traffic['share']:g}% of traffic, {traffic['mode']} {traffic['candidate']} {traffic['share']:g}%"
         if traffic["mode"] == "canary" else f"100% of traffic, shadow {traffic['candidate']} gets {traffic['share']:g}%")
+    if traffic:
+        split += f" ({describe_split(traffic)})"
     console.print(f"{live.name}@{live.version} ({live.ref}) at {live.url} · pid {live.pid} · {split}", soft_wrap=True)
 
 

@@ -197,6 +197,7 @@ class CanaryConfig:
     min_requests: int = defaults.CANARY_MIN_REQUESTS
     max_error_rate: float = defaults.CANARY_MAX_ERROR_RATE
     max_p99_ms: float | None = None
+    max_disagreement: float | None = None
 
     def __post_init__(self) -> None:
         if not self.steps or any(not 0 < s <= 100 for s in self.steps) or self.steps != sorted(self.steps):
@@ -209,6 +210,8 @@ class CanaryConfig:
             raise ValueError(f"max_error_rate: must be a fraction between 0 and 1, not {self.max_error_rate}")
         if self.max_p99_ms is not None and self.max_p99_ms <= 0:
             raise ValueError(f"max_p99_ms: must be positive, not {self.max_p99_ms}")
+        if self.max_disagreement is not None and not 0 <= self.max_disagreement <= 1:
+            raise ValueError(f"max_disagreement: must be a fraction between 0 and 1, not {self.max_disagreement}")
 
 
 @dataclass(frozen=True)

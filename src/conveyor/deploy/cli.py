@@ -57,6 +57,9 @@ def _steps(value: str | None) -> tuple[float, ...] | None:
 @click.option("--min-requests", type=click.IntRange(1), default=None, help="Requests needed to judge a step.")
 @click.option("--max-error-rate", type=click.FloatRange(0, 1), default=None, help="Largest share of failed predictions.")
 @click.option("--max-p99-ms", type=click.FloatRange(0, min_open=True), default=None, help="Largest p99 prediction latency.")
+@click.option("--max-disagreement", type=click.FloatRange(0, 1), default=None, metavar="F",
+              help="Largest share of requests on which the canary's predictions may differ from stable's "
+                   "(stable predicts them too; default: deploy.canary.max_disagreement, not checked).")
 @click.option("--shadow-share", type=click.FloatRange(0, 100, min_open=True), default=None, metavar="PCT",
               help="Percent of requests copied to a shadow candidate.")
 @click.option("--alias", default=defaults.PRODUCTION_ALIAS, show_default=True,
@@ -66,8 +69,8 @@ def _steps(value: str | None) -> tuple[float, ...] | None:
               help="Worker processes when a server is started (default: deploy.workers).")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 def deploy(ref: str, strategy: str | None, steps: str | None, interval_s: float | None, min_requests: int | None,
-           max_error_rate: float | None, max_p99_ms: float | None, shadow_share: float | None, alias: str,
-           port: int | None, workers: int | None, as_json: bool) -> None:
+           max_error_rate: float | None, max_p99_ms: float | None, max_disagreement: float | None,
+           shadow_share: float | None, alias: str, port: int | None, workers: int | None, as_json: bool) -> None:
     """Serve REF on the local server: start it in the background, or switch the running one without downtime.
 
     With the replace strategy (default), REF is NAME@ALIAS (the server follows
@@ -81,6 +84,7 @@ def deploy(ref: str, strategy: str | None, steps: str | None, interval_s: float 
       conveyor deploy iris@production
       conveyor deploy iris@3 --port 8001
       conveyor deploy iris@4 --strategy canary --steps 10,50,100 --interval 30 --max-error-rate 0.01
+      conveyor deploy iris@4 --strategy canary --max-disagreement 0.05
       conveyor deploy iris@4 --strategy shadow --shadow-share 50 --interval 60
     """
     from conveyor import config as config_module
@@ -96,7 +100,7 @@ def deploy(ref: str, strategy: str | None, steps: str | None, interval_s: float 
         if chosen != "replace":
             _roll_out(project, config, registry, target, chosen, alias, as_json, steps=_steps(steps),
                       interval_s=interval_s, min_requests=min_requests, max_error_rate=max_error_rate,
-                      max_p99_ms=max_p99_ms, shadow_share=shadow_share)
+                      max_p99_ms=max_p99_ms, max_disagreement=max_disagreement, shadow_share=shadow_share)
             return
     started = time.perf_counter()
     live = local.ensure_serving(project, ref, host=config.deploy.host, port=_port(port, config.deploy.port),
@@ -114,7 +118,8 @@ def deploy(ref: str, strategy: str | None, steps: str | None, interval_s: float 
 
 def _roll_out(project: Project, config: Any, registry: Any, target: Any, strategy: str, alias: str, as_json: bool,
               *, steps: tuple[float, ...] | None, interval_s: float | None, min_requests: int | None,
-              max_error_rate: float | None, max_p99_ms: float | None, shadow_share: float | None) -> None:
+              max_error_rate: float | None, max_p99_ms: float | None, max_disagreement: float | None,
+              shadow_share: float | None) -> None:
     from dataclasses import asdict
 
     from conveyor.deploy.rollout import Policy, roll_out
@@ -126,7 +131,8 @@ def _roll_out(project: Project, config: Any, registry: Any, target: Any, strateg
         steps=steps or tuple(canary.steps), interval_s=interval_s or canary.interval_s,
         criteria=Criteria(max_error_rate=canary.max_error_rate if max_error_rate is None else max_error_rate,
                           max_p99_ms=max_p99_ms or canary.max_p99_ms,
-                          min_requests=min_requests or canary.min_requests),
+                          min_requests=min_requests or canary.min_requests,
+                          max_disagreement=canary.max_disagreement if max_disagreement is None else max_disagreement),
         shadow_share=shadow_share or config.deploy.shadow.share,
     )
     from conveyor.cli import _actor

@@ -477,12 +477,14 @@ def _manage(project: Project, method: str, path: str, body: dict[str, Any] | Non
 
 
 def set_traffic(project: Project, candidate: str | None, share: float, *, mode: str = "canary",
-                stable: str | None = None) -> dict[str, Any]:
+                stable: str | None = None, compare: bool = False) -> dict[str, Any]:
     """Send `share` percent of the local server's requests (canary) or a copy of them (shadow) to `candidate`;
-    share 0 ends the split. Stable stays the version served now (or `stable`) while the split lasts."""
+    share 0 ends the split. Stable stays the version served now (or `stable`) while the split lasts.
+    `compare`: stable predicts a canary's requests too, so its disagreement with stable is counted."""
     body: dict[str, Any] = {"share": share}
     if share > 0:
-        body.update({"candidate": candidate, "mode": mode, **({"stable": stable} if stable else {})})
+        body.update({"candidate": candidate, "mode": mode, **({"stable": stable} if stable else {}),
+                     **({"compare": True} if compare else {})})
     return _manage(project, "POST", "/-/traffic", body)
 
 

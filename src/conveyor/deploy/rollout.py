@@ -7,7 +7,8 @@ server's metrics (`serving.rollout.judge`). Passing every step ends the split:
 the server follows the alias, now the candidate. A breach (or an interrupted
 rollout) moves the alias back to stable with kind `rollback` and the reason,
 so the history says why and the line does not promote it again, and then
-ends the split. A shadow sends the candidate a copy of a share of requests
+ends the split. With `max_disagreement`, stable also predicts the canary's
+requests, and a candidate that answers differently too often is a breach. A shadow sends the candidate a copy of a share of requests
 for one interval and reports how it did; it changes nothing.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from conveyor import defaults
 from conveyor.deploy import local
@@ -100,14 +101,15 @@ def roll_out(project: Project, registry: Registry, name: str, version: int, poli
         outcome.steps.append({"share": policy.shadow_share, "verdict": verdict.state, "reason": verdict.reason})
         return outcome
 
-    local.set_traffic(project, candidate, policy.steps[0], stable=stable)
+    compare = policy.criteria.max_disagreement is not None
+    local.set_traffic(project, candidate, policy.steps[0], stable=stable, compare=compare)
     registry.set_alias(name, alias, version, actor=actor, kind="canary", expected=live.version,
                        reason=f"canary of v{version}: {', '.join(f'{s:g}%' for s in policy.steps)} "
                               f"every {policy.interval_s:g}s")
     reason = "interrupted"
     try:
         for share in policy.steps:
-            local.set_traffic(project, candidate, share, stable=stable)
+            local.set_traffic(project, candidate, share, stable=stable, compare=compare)
             verdict = _watch(project, name, version, share, policy, False, on_step)
             outcome.steps.append({"share": share, "verdict": verdict.state, "reason": verdict.reason})
             if verdict.state != "pass":
@@ -153,5 +155,30 @@ def set_share(project: Project, registry: Registry, share: float, *, alias: str,
                                reason=f"canary of v{candidate.version} promoted by hand (traffic 100%)")
         local.set_traffic(project, None, 0)
         return f"promoted: {candidate.ref} answers every request ({name}@{alias})"
-    local.set_traffic(project, candidate.ref, share, mode=str(traffic.get("mode", "canary")), stable=stable.ref)
+    local.set_traffic(project, candidate.ref, share, mode=str(traffic.get("mode", "canary")), stable=stable.ref,
+                      compare=bool(traffic.get("compare", False)))
     return f"holding: {share:g}% of traffic to {candidate.ref} ({traffic.get('mode')}), the rest to {stable.ref}"
+
+
+def split_report(project: Project) -> dict[str, Any] | None:
+    """The rollout in progress on the local server and its candidate's record since the server started
+    (predictions, errors, p99, comparisons with stable and the share that disagreed), or None without one."""
+    state = local.deployment_state(project)
+    traffic, candidate = state.get("traffic"), state.get("candidate")
+    if not isinstance(traffic, dict) or not isinstance(candidate, dict):
+        return None
+    counts = _counts(project, str(candidate["name"]), int(candidate["version"]), traffic.get("mode") == "shadow")
+    p99, disagreement = counts.p99_s(), counts.disagreement()
+    return {**traffic, "predictions": counts.total, "errors": counts.errors,
+            "p99_ms": None if p99 is None else round(p99 * 1000, 3), "compared": counts.compared,
+            "disagreed": counts.disagreed, "disagreement": disagreement}
+
+
+def describe_split(report: dict[str, Any]) -> str:
+    """One line for `conveyor deployments`: how the candidate has done, disagreement included when compared."""
+    record = f"{report['predictions']} predictions, {report['errors']} errors"
+    if report["p99_ms"] is not None:
+        record += f", p99 ≤ {report['p99_ms']:g} ms"
+    if report["disagreement"] is not None:
+        record += f", disagreement {report['disagreement']:.1%} ({report['disagreed']} of {report['compared']})"
+    return record

@@ -72,6 +72,7 @@ class ManagementEndpoints:
 
     async def traffic(self, request: Request) -> Response:
         """Split traffic: `{"candidate": "iris@3", "share": 10, "mode": "canary"|"shadow"}`; `{"share": 0}` ends it.
+        `"compare": true`: stable predicts a canary's requests too, and the two are compared and counted.
 
         Stable is pinned to the version served now (or `"stable"`) while the split lasts.
         """
@@ -92,7 +93,10 @@ class ManagementEndpoints:
                 stable = body.get("stable") or (self.current.version.ref if self.current else None)
                 if not isinstance(stable, str):
                     raise ValueError("stable: nothing is served yet; name the stable version")
-                new = Traffic(stable, candidate, share, body.get("mode", "canary"))
+                compare = body.get("compare", False)
+                if not isinstance(compare, bool):
+                    raise ValueError(f"compare: must be true or false, not {compare!r}")
+                new = Traffic(stable, candidate, share, body.get("mode", "canary"), compare)
         except (TypeError, ValueError) as exc:
             return _json({"error": str(exc), "field": "body"}, 422)
         read, write = self._shared_traffic
@@ -175,6 +179,7 @@ class ManagementEndpoints:
             "model": served.describe() if served else None,
             "in_memory": [kept.describe() for kept in self._cache.values()],
             "traffic": dataclasses.asdict(self.router.split.traffic) if self.router.split else None,
+            "candidate": self.router.split.candidate.describe() if self.router.split else None,
             "following": self._follow_interval_s,
             "error": self.load_error,
             **(self._extra_state() if self._extra_state else {}),

@@ -84,6 +84,15 @@ class ServingMetrics:
             "prediction_seconds", "Time a version took to predict, per call; a canary's p99 comes from it.",
             labels, namespace=namespace, registry=self.registry, buckets=LATENCY_BUCKETS,
         )
+        self._comparisons = Counter(
+            "comparisons", "A candidate's predictions compared with stable's on the same request, by mode (canary, "
+            "shadow) and whether they agreed (yes, no); a canary's max_disagreement is judged on it.",
+            [*labels, "mode", "agree"], namespace=namespace, registry=self.registry,
+        )
+
+    def observe_comparison(self, model: str, version: str | int, mode: str, agree: bool) -> None:
+        """Count one prediction of candidate `version` compared with stable's (`mode`: canary or shadow)."""
+        self._comparisons.labels(model, str(version), mode, "yes" if agree else "no").inc()
 
     def observe_prediction(self, model: str, version: str | int, outcome: str, seconds: float | None) -> None:
         """Count one prediction of `version` (`outcome`: ok, error, shadow_ok, shadow_error)."""
