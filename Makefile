@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-serving bench-triggers bench-deploy bench-package bench-dashboard bench-data lint clean
+.PHONY: demo test bench bench-serving bench-triggers bench-deploy bench-package bench-dashboard bench-data bench-disagreement lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,5 @@ clean:
 bench-dashboard: $(STAMP)  ## Dashboard page loads on 10,000 runs and 1,000 versions, paginated vs unpaginated.
 	$(BIN)/python benchmarks/dashboard.py
 
-.PHONY: bench-disagreement
 bench-disagreement: $(STAMP)  ## What comparing a canary or shadow with stable costs a request (latency, requests/s).
 	$(BIN)/python benchmarks/disagreement.py
