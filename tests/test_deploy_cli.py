@@ -252,3 +252,15 @@ def test_deployments_shows_a_shadows_disagreement_and_latency(proj: _Project) ->
     text = proj.shown()
     assert f"100% of traffic, shadow iris@{constant} gets 100%" in text
     assert f"disagreement {shown['disagreement']:.1%} ({shown['disagreed']} of {shown['compared']})" in text
+
+
+def test_the_dashboard_shows_the_split_of_a_canary_and_of_a_shadow(proj: _Project) -> None:
+    from conveyor.dashboard.live import Share, live_servers
+
+    assert proj.cli("deploy", "iris@production").returncode == 0
+    assert live_servers(proj.project)[0].traffic == [Share(1, 100.0, "stable")]
+    local.set_traffic(proj.project, "iris@2", 30)
+    assert live_servers(proj.project)[0].traffic == [Share(1, 70.0, "stable"), Share(2, 30.0, "canary")]
+    local.set_traffic(proj.project, None, 0)
+    local.set_traffic(proj.project, "iris@2", 50, mode="shadow")  # copies: stable still answers everything
+    assert live_servers(proj.project)[0].traffic == [Share(1, 100.0, "stable"), Share(2, 50.0, "shadow")]

@@ -1,9 +1,8 @@
 """What is live where, and how it is doing: the servers' state and their `/metrics`.
 
-`live_servers` is the one place that knows where deployments are recorded.
-Today that is the local target's `.conveyor/server.json` (one server, all
-traffic on one version); a traffic split (canary, shadow) goes in here as
-more `Share`s, and every page follows. It reads the record and asks the
+`live_servers` is the one place that knows where deployments are recorded:
+the local target's `.conveyor/server.json`, and, while a canary or shadow
+runs, the split the server reports (`GET /-/state`) as more `Share`s. It reads the record and asks the
 server over HTTP; unlike `deploy.local.current` it never rewrites or removes
 the record, since the dashboard changes nothing.
 
@@ -63,14 +62,32 @@ class LiveServer:
         return asdict(self)
 
 
-def _get(host: str, port: int, path: str) -> tuple[int, bytes]:
+def _get(host: str, port: int, path: str, token: str | None = None) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection(host, port, timeout=SCRAPE_TIMEOUT_S)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
         response = conn.getresponse()
         return response.status, response.read()
     finally:
         conn.close()
+
+
+def _split(host: str, port: int, token: str, stable: int) -> list[Share]:
+    """Stable's and the candidate's shares while a canary or shadow runs (GET /-/state, which needs the
+    server's management token from its 0600 record), or [] when no split is on or the server cannot say."""
+    try:
+        code, body = _get(host, port, "/-/state", token)
+        answer: dict[str, Any] = json.loads(body) if code == 200 else {}
+        traffic: dict[str, Any] = answer["traffic"]
+        candidate: dict[str, Any] = answer["candidate"]
+        share, mode, version = float(traffic["share"]), str(traffic["mode"]), int(candidate["version"])
+    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    if share <= 0 or mode not in ("canary", "shadow"):
+        return []
+    if mode == "shadow":  # a shadow gets copies: stable still answers every request
+        return [Share(stable, 100.0, "stable"), Share(version, share, "shadow")]
+    return [Share(stable, 100.0 - share, "stable"), Share(version, share, "canary")]
 
 
 def _url(host: str, port: int) -> str:
@@ -96,6 +113,8 @@ def live_servers(project: Project) -> list[LiveServer]:
     except (OSError, http.client.HTTPException, ValueError):
         status = "starting" if state.get("status") == "starting" else "unreachable"
     traffic = [Share(int(version), 100.0, "stable")] if isinstance(version, int) else []
+    if status == "ready" and isinstance(version, int) and isinstance(state.get("token"), str):
+        traffic = _split(host, port, state["token"], version) or traffic
     return [LiveServer(target="local", ref=str(state.get("ref", "")), name=name if isinstance(name, str) else None,
                        version=version if isinstance(version, int) else None,
                        digest=digest if isinstance(digest, str) else None, url=_url(host, port), pid=pid,
