@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from test_packaging import _Images, _package, _podman, images, iris_project, podman_env  # noqa: F401
+from test_packaging import _free_port, _Images, _package, _podman, images, iris_project, podman_env  # noqa: F401
 
 from conveyor.deploy import container
 from conveyor.exceptions import ConveyorError
@@ -18,19 +17,7 @@ ROWS = {"rows": [[5.1, 3.5, 1.4, 0.2]]}
 
 def _free_pair() -> int:
     """A port whose successor is free too (blue/green uses both)."""
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            if port >= 65535:
-                continue
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return port
-    pytest.fail("no two free consecutive ports")
+    return _free_port(2)
 
 
 @pytest.fixture

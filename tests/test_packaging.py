@@ -6,8 +6,10 @@ The container tests share one image store and one core: they are in one xdist gr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -76,10 +78,23 @@ def test_package_base_image_key_is_checked(tmp_repo: Path, monkeypatch: pytest.M
 
 # -- real images ------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_port(count: int = 1) -> int:
+    """A port (and the `count - 1` after it) free on loopback for a container to publish.
+
+    Chosen below the kernel's ephemeral range: a port picked there (bind to 0)
+    and published only later can meanwhile be taken by any outgoing connection
+    of the tests running beside this one, which has happened.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(max(1024, low - 12000), low - count), 200):
+        try:
+            with contextlib.ExitStack() as stack:
+                for offset in range(count):
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return port
+    pytest.fail("no free port below the ephemeral range")
 
 
 @pytest.fixture(scope="session")
