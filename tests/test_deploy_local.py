@@ -302,3 +302,44 @@ def test_stale_and_corrupt_state_files_are_dropped(proj: _Project) -> None:
     assert local.current(proj.project) is None and not path.exists()
     path.write_text("{not json")
     assert local.stop(proj.project) is None and not path.exists()
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{\"v\": 1}   ",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"v\"\r\n4;x=y\r\n: 1}\r\n0\r\n\r\n",
+])
+def test_requests_to_the_server_read_sized_and_chunked_answers(answer: bytes) -> None:
+    import threading
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        received: list[bytes] = []
+
+        def serve_once() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                request = b""
+                while not request.endswith(b"}"):  # the JSON body is the request's last byte
+                    request += conn.recv(65536)
+                received.append(request)
+                conn.sendall(answer)
+
+        server = threading.Thread(target=serve_once)
+        server.start()
+        status, body = local._request("127.0.0.1", listener.getsockname()[1], "POST", "/-/deploy", token="t",
+                                      body={"ref": "iris@2"}, timeout=10)
+        server.join(10)
+    assert (status, body) == (200, {"v": 1})
+    head, _, payload = received[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /-/deploy HTTP/1.1\r\n") and b"Authorization: Bearer t" in head
+    assert json.loads(payload) == {"ref": "iris@2"}
+
+
+def test_a_server_that_is_gone_is_unreachable() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+    with pytest.raises(local._Unreachable):  # nothing listens any more: refused
+        local._request("127.0.0.1", port, "GET", "/version", timeout=5)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import http.client
 import json
 import os
 import secrets
@@ -80,28 +79,65 @@ class _Unreachable(Exception):
     pass
 
 
+def _exchange(host: str, port: int, method: str, path: str, *, headers: dict[str, str], payload: bytes,
+              timeout: float) -> tuple[int, bytes]:
+    """One HTTP/1.1 exchange with our own server over a plain socket: status and body.
+
+    Not http.client: its import (the email package) alone costs a cached
+    `conveyor run`, which asks the live server what it serves, about 12 ms of
+    its ~100. The peer is always Conveyor's server (uvicorn), which answers with
+    Content-Length or chunks and closes the connection when asked to.
+    """
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {url_for(host, port).split('//', 1)[1]}", "Connection: close",
+             f"Content-Length: {len(payload)}", *(f"{name}: {value}" for name, value in headers.items())]
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as conn:
+            conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
+            received = []
+            while chunk := conn.recv(65536):
+                received.append(chunk)
+    except OSError as exc:
+        raise _Unreachable(str(exc) or type(exc).__name__) from None
+    head, separator, body = b"".join(received).partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parts = status_line.split(" ", 2)
+    if not separator or len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise _Unreachable(f"not an HTTP answer: {status_line[:80]!r}")
+    fields = {name.strip().lower(): value.strip() for name, _, value in (h.partition(":") for h in header_lines)}
+    if fields.get("transfer-encoding", "").lower() == "chunked":
+        body = _unchunk(body)
+    elif fields.get("content-length", "").isdigit():
+        body = body[:int(fields["content-length"])]
+    return int(parts[1]), body
+
+
+def _unchunk(data: bytes) -> bytes:
+    """The body of a chunked transfer (RFC 9112 section 7.1); trailers are ignored."""
+    out, rest = [], data
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        out.append(rest[:size])
+        rest = rest[size + 2:]
+    return b"".join(out)
+
+
 def _request(host: str, port: int, method: str, path: str, *, token: str | None = None,
              timeout: float = 2.0, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
     """Status and JSON body of one request; `_Unreachable` if nothing answers over HTTP."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    payload = None
+    payload = b""
     if body is not None:
         headers["Content-Type"] = "application/json"
         payload = json.dumps(body).encode()
+    status, raw = _exchange(host, port, method, path, headers=headers, payload=payload, timeout=timeout)
     try:
-        conn.request(method, path, body=payload, headers=headers)
-        response = conn.getresponse()
-        raw = response.read()
-    except (OSError, http.client.HTTPException) as exc:
-        raise _Unreachable(str(exc)) from None
-    finally:
-        conn.close()
-    try:
-        body = json.loads(raw)
+        answer = json.loads(raw)
     except ValueError:
-        body = {"error": raw[:200].decode("utf-8", "replace")}
-    return response.status, body if isinstance(body, dict) else {"error": str(body)}
+        answer = {"error": raw[:200].decode("utf-8", "replace")}
+    return status, answer if isinstance(answer, dict) else {"error": str(answer)}
 
 
 def _is_our_server(pid: int) -> bool:
@@ -496,11 +532,8 @@ def deployment_state(project: Project) -> dict[str, Any]:
 def metrics_text(project: Project) -> str:
     """The local server's Prometheus metrics (every worker's counts)."""
     state = _ready_state(project)
-    conn = http.client.HTTPConnection(state["host"], int(state["port"]), timeout=10.0)
     try:
-        conn.request("GET", "/metrics")
-        return conn.getresponse().read().decode("utf-8", "replace")
-    except (OSError, http.client.HTTPException) as exc:
+        _, text = _exchange(state["host"], int(state["port"]), "GET", "/metrics", headers={}, payload=b"", timeout=10.0)
+    except _Unreachable as exc:
         raise ServingError(f"the local server did not answer GET /metrics: {exc}") from None
-    finally:
-        conn.close()
+    return text.decode("utf-8", "replace")
