@@ -24,8 +24,9 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -168,17 +169,19 @@ class Remote:
         if self.atomic_put:
             self.fs.pipe_file(target, data)
             return
+        self._via_temp(target, lambda tmp: self.fs.pipe_file(tmp, data))
+
+    def _via_temp(self, target: str, put: Callable[[str], object]) -> None:
+        """Have `put` write a temporary name, then rename it to `target`: never seen half-written."""
         tmp = f"{self.base}/tmp/{secrets.token_hex(8)}"
         self.fs.makedirs(f"{self.base}/tmp", exist_ok=True)
         self.fs.makedirs(target.rpartition("/")[0], exist_ok=True)
         try:
-            self.fs.pipe_file(tmp, data)
+            put(tmp)
             self.fs.mv(tmp, target)
         except BaseException:
-            try:
+            with suppress(Exception):  # best effort; tmp/ never counts as an object
                 self.fs.rm_file(tmp)
-            except Exception:  # noqa: BLE001 - best effort; tmp/ never counts as an object
-                pass
             raise
 
     # -- transfers ------------------------------------------------------------------------
@@ -189,18 +192,7 @@ class Remote:
             self.fs.put(sources, targets)
         else:
             for source, target in zip(sources, targets):
-                tmp = f"{self.base}/tmp/{secrets.token_hex(8)}"
-                self.fs.makedirs(f"{self.base}/tmp", exist_ok=True)
-                self.fs.makedirs(target.rpartition("/")[0], exist_ok=True)
-                try:
-                    self.fs.put_file(source, tmp)
-                    self.fs.mv(tmp, target)
-                except BaseException:
-                    try:
-                        self.fs.rm_file(tmp)
-                    except Exception:  # noqa: BLE001 - best effort; tmp/ never counts as an object
-                        pass
-                    raise
+                self._via_temp(target, partial(self.fs.put_file, source))
         return sum(os.path.getsize(s) for s in sources)
 
     def _upload_pack(self, store: ArtifactStore, digests: Sequence[str]) -> int:
