@@ -20,32 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.scaffold import init_project
+from test_ci_runners import _clone, origin  # noqa: F401 - origin: the iris example with its CI files committed
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ci-runs")]
 
 STEP_TIMEOUT_S = 600.0
-
-
-@pytest.fixture
-def origin(tmp_path: Path) -> Path:
-    """The iris example with all three CI files committed, as a team's repository would hold them."""
-    root = tmp_path / "origin"
-    init_project(root, "iris")
-    for engine in ("github", "gitlab", "jenkins"):
-        done = subprocess.run([sys.executable, "-m", "conveyor", "ci", "generate", engine], cwd=root,
-                              capture_output=True, text=True, check=False)
-        assert done.returncode == 0, done.stderr
-    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
-    subprocess.run(["git", "commit", "-q", "-m", "CI files"], cwd=root, check=True)
-    return root
-
-
-def _checkout(origin: Path, dest: Path, detached: bool) -> Path:
-    subprocess.run(["git", "clone", "-q", str(origin), str(dest)], check=True)
-    if detached:
-        subprocess.run(["git", "checkout", "-q", "--detach", "HEAD"], cwd=dest, check=True)
-    return dest
 
 
 def _run_steps(workspace: Path, commands: list[str], env: dict[str, str]) -> list[str]:
@@ -78,7 +57,7 @@ def test_jenkinsfile_sh_steps_run_in_order_with_stand_in_jenkins(origin: Path, t
     text = (origin / "Jenkinsfile").read_text()
     stages = re.findall(r"stage\('([^']*)'\)\s*\{(.*?)\n        \}", text, flags=re.S)
     assert [name for name, _ in stages] == ["Setup", "Train", "Test", "Gate"]
-    workspace = _checkout(origin, tmp_path / "workspace", detached=True)  # Jenkins checks out a detached commit
+    workspace = _clone(origin, tmp_path / "workspace", detached=True)  # Jenkins checks out a detached commit
     commands = []
     for name, body in stages:
         steps = [_groovy_string(s) for s in re.findall(r"\bsh '((?:[^'\\]|\\.)*)'", body)]
