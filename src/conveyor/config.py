@@ -251,12 +251,15 @@ class DeployConfig:
 @dataclass(frozen=True)
 class PackageConfig:
     """How `conveyor package` builds the image: `base_image` (default a slim Python of
-    `python`, itself defaulting to the Python the model was saved with)."""
+    `python`, itself defaulting to the Python the model was saved with) and `runtime`
+    (`native`: the model's own flavor; `onnx`: a scikit-learn model converted to ONNX,
+    verified against the original, served by onnxruntime without scikit-learn)."""
 
     __pydantic_config__ = _STRICT
 
     base_image: str | None = None
     python: str | None = None
+    runtime: Literal["native", "onnx"] = "native"
 
     def __post_init__(self) -> None:
         if self.python is not None and not re.fullmatch(r"3\.[0-9]+", self.python):

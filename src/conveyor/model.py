@@ -48,7 +48,8 @@ SAMPLE_ROWS = 5
 """Rows of the sample input kept in the model directory, to time predict on real data."""
 
 
-def _versions(packages: Sequence[str]) -> dict[str, str | None]:
+def package_versions(packages: Sequence[str]) -> dict[str, str | None]:
+    """Installed versions of `packages` (and Conveyor), as a model directory records them; None if absent."""
     from importlib import metadata
 
     found: dict[str, str | None] = {}
@@ -95,7 +96,7 @@ def save_model(
             "artifact": artifact,
             "signature": sig,
             "sample": sample,
-            "environment": {"python": platform.python_version(), "packages": _versions(impl.PACKAGES)},
+            "environment": {"python": platform.python_version(), "packages": package_versions(impl.PACKAGES)},
         }
         (staging / METADATA_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
         os.chmod(staging, 0o755)
@@ -150,6 +151,10 @@ class LoadedModel:
         self.model = model
         self._flavor = flavors.get(metadata.flavor)
         self._columns = column_names(metadata.signature)
+        # An ONNX graph converted from a scikit-learn regressor answers (n, 1) where the estimator
+        # answered (n,): the signature (kept from the estimator) says which shape clients get.
+        shape = metadata.signature.get("outputs", {}).get("shape", [-1])
+        self._flatten = metadata.flavor == "onnx" and len(shape) == 1
 
     @property
     def signature(self) -> dict[str, Any]:
@@ -163,7 +168,10 @@ class LoadedModel:
 
     def predict_array(self, X: np.ndarray) -> np.ndarray:
         """Predictions for an array already validated against the signature (the request path)."""
-        return self._flavor.predict(self.model, X, self._columns)
+        predicted = self._flavor.predict(self.model, X, self._columns)
+        if self._flatten and predicted.ndim == 2 and predicted.shape[1] == 1:
+            return predicted[:, 0]
+        return predicted
 
     def warm(self) -> None:
         """Predict once on the saved sample rows (or, for older model directories, a row built

@@ -3,7 +3,8 @@
 A flavor is a module with `check(model)` (raise if it cannot save it),
 `save(model, directory) -> artifact file name`,
 `load(path) -> model`, `predict(model, X, columns) -> numpy array` and
-`PACKAGES` (distributions whose versions are recorded beside the artifact).
+`PACKAGES` (distributions whose versions are recorded beside the artifact),
+and optionally `SERVING_PACKAGES` when predicting needs fewer of them.
 The serving layer only ever talks to a flavor, never to a framework.
 """
 
@@ -50,3 +51,10 @@ def get(name: str) -> Flavor:
             f"unknown model flavor '{name}'; supported flavors: {', '.join(sorted(FLAVORS))}"
         ) from None
     return cast(Flavor, module)
+
+
+def serving_packages(name: str) -> tuple[str, ...]:
+    """The distributions a serving image needs for flavor `name`: its `SERVING_PACKAGES`, else `PACKAGES`."""
+    module = get(name)
+    found = getattr(module, "SERVING_PACKAGES", None)
+    return tuple(found) if found is not None else module.PACKAGES

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 ARTIFACT = "model.onnx"
 PACKAGES = ("onnxruntime", "onnx", "numpy")
+SERVING_PACKAGES = ("onnxruntime", "numpy")
+"""What predicting needs: onnxruntime reads the graph itself, the `onnx` package is for building one."""
 PROVIDERS = ["CPUExecutionProvider"]
 
 _ELEMENT_TYPES = {
@@ -110,10 +112,14 @@ def predict(model: Any, X: np.ndarray, columns: list[str]) -> np.ndarray:
     `model` is a loaded session, or (while `save_model` infers the signature)
     anything `check` accepts.
     """
+    session = model if hasattr(model, "get_inputs") else _session(_serialized(model), "the ONNX model")
+    return run(session, X, session.get_outputs()[0].name)
+
+
+def run(session: Any, X: np.ndarray, output: str) -> np.ndarray:
+    """The output called `output` of a loaded session for `X` fed to its input, cast to the input's type."""
     import numpy as np
 
-    session = model if hasattr(model, "get_inputs") else _session(_serialized(model), "the ONNX model")
     first = session.get_inputs()[0]
     feed = np.ascontiguousarray(X, dtype=_ELEMENT_TYPES[first.type])
-    outputs = session.run([session.get_outputs()[0].name], {first.name: feed})
-    return np.asarray(outputs[0])
+    return np.asarray(session.run([output], {first.name: feed})[0])

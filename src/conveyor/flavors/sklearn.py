@@ -41,20 +41,20 @@ def load(path: Path) -> Any:
     return joblib.load(path)
 
 
-def predict(model: Any, X: np.ndarray, columns: list[str]) -> np.ndarray:
-    """Predictions as a numpy array, one per row of `X`.
+def as_input(model: Any, X: np.ndarray, columns: list[str]) -> Any:
+    """`X` as the estimator wants it: an estimator fitted on a DataFrame wants one back (else
+    scikit-learn warns, and column-name based transformers fail), so it gets one, if pandas is here."""
+    if getattr(model, "feature_names_in_", None) is None:
+        return X
+    try:
+        import pandas as pd
+    except ImportError:
+        return X
+    return pd.DataFrame(X, columns=columns)
 
-    An estimator fitted on a DataFrame wants one back (else scikit-learn warns,
-    and column-name based transformers fail), so it gets one, if pandas is here.
-    """
+
+def predict(model: Any, X: np.ndarray, columns: list[str]) -> np.ndarray:
+    """Predictions as a numpy array, one per row of `X` (given as `as_input` makes it)."""
     import numpy as np
 
-    names = getattr(model, "feature_names_in_", None)
-    if names is not None:
-        try:
-            import pandas as pd
-        except ImportError:
-            pass
-        else:
-            X = pd.DataFrame(X, columns=columns)
-    return np.asarray(model.predict(X))
+    return np.asarray(model.predict(as_input(model, X, columns)))

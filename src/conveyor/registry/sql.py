@@ -437,6 +437,21 @@ class Registry:
 
         return self._write(name, write)
 
+    def record_serving_form(self, name: str, version: int, form: Mapping[str, Any]) -> ModelVersion:
+        """Set `lineage["serving"] of a version: the verified model directory an image serves instead of
+        the registered one (`package.runtime: onnx`), made from the registered version after registration."""
+
+        def write(conn: sa.Connection) -> ModelVersion:
+            current = self._row(conn, name, version)
+            if current is None:
+                raise ModelNotFound(f"{name}@{version}", self._hint(conn, name))
+            lineage = {**current.lineage, "serving": _json("serving", dict(form))}
+            conn.execute(model_versions.update().where(model_versions.c.name == name,
+                                                       model_versions.c.version == version).values(lineage=lineage))
+            return replace(current, lineage=lineage)
+
+        return self._write(name, write)
+
     @staticmethod
     def _record(conn: sa.Connection, move: AliasMove) -> None:
         conn.execute(
