@@ -760,6 +760,9 @@ def models_lineage(ref: str, as_json: bool) -> None:
     for path, digest in sorted(found.data.items()):
         console.print(f"  data/code   {escape(path)} {digest[:16]}")
     console.print(f"  model       {found.digest}")
+    if found.serving:
+        console.print(f"  serving     {found.serving.get('runtime')} {found.serving.get('digest')} "
+                      f"(checked {found.serving.get('rows_checked')} rows)")
     console.print(f"  image       {found.image or 'not packaged'}")
     for where in found.deployments or ["not deployed here"]:
         console.print(f"  deployed    {escape(where)}")

@@ -252,6 +252,28 @@ class _Line:
                      version=version.version)
         return version
 
+    def serving_form(self, version: ModelVersion) -> None:
+        """With `package.runtime: onnx`, make the version's verified ONNX form now, so that packaging it
+        (a model-only rebuild) does not import scikit-learn and skl2onnx to convert it. A model that
+        cannot be converted faithfully is said so, and the run goes on: packaging it native still works."""
+        if self.config.package.runtime != "onnx" or version.flavor == "onnx":
+            return
+        from conveyor.packaging import serving_form
+
+        step = self._start("serving form", "serving")
+        known = serving_form.recorded(version)
+        if known is not None and self.store.has(known.digest):
+            self._finish(step, "cached", f"{known.summary()}, made before", serving=known.as_dict())
+            return
+        try:
+            form = serving_form.convert(self.store, self.project.models_dir, version)
+        except serving_form.NotConvertible as exc:
+            self._finish(step, "skipped", f"no onnx form: {exc.problem}; `conveyor package` will need "
+                                          "package.runtime: native")
+            return
+        self.registry.record_serving_form(version.name, version.version, form.as_dict())
+        self._finish(step, "ran", form.summary(), serving=form.as_dict())
+
     def promote(self, version: int) -> int | None:
         """Move production to `version` when this run may; return the production version after."""
         name = self.config.model.name
@@ -330,6 +352,7 @@ class _Line:
             self._skip_rest("gates failed", ("register", "register"), ("promote", "promote"))
             return
         version = self.register(digest, metrics, results)
+        self.serving_form(version)
         production = self.promote(version.version)
         if production is None:
             self.deploy(None, None)

@@ -115,6 +115,7 @@ class Lineage:
     digest: str
     image: str | None
     deployments: list[str] = field(default_factory=list)
+    serving: dict[str, Any] | None = None  # the ONNX form an image may serve instead (`package.runtime: onnx`)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,4 +128,5 @@ def lineage(version: ModelVersion, aliases: list[str], deployments: list[str]) -
         ref=version.ref, aliases=aliases, commit=git.get("commit"), branch=git.get("branch"),
         dirty=bool(git.get("dirty")), run_id=version.run_id, data=data_digests(version), digest=version.digest,
         image=image.get("digest") if isinstance(image, dict) else None, deployments=deployments,
+        serving=serving if isinstance(serving := version.lineage.get("serving"), dict) else None,
     )

@@ -35,7 +35,8 @@ def runtime_dockerfile(base_image: str, python: str) -> str:
     return f"""\
 # Written by `conveyor package`; layers ordered from least to most often changed.
 FROM {base_image}
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH
+# Recent onnxruntime wheels send usage telemetry on Linux unless told not to: a served model phones nobody.
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH ORT_DISABLE_TELEMETRY=1
 # An empty venv (no pip, no setuptools: nothing installs at run time) and the non-root user.
 RUN python3 -m venv --without-pip /opt/venv \\
  && useradd --no-log-init --uid {USER_ID} --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin conveyor
@@ -104,10 +105,12 @@ def _copy_tree(source: Path, dest: Path, skip: tuple[str, ...] = ()) -> None:
 
 
 def write(output: Path, *, text: str, runtime_tree: Path, conveyor_dir: Path, model_dir: Path,
-          version: ModelVersion, extra: Mapping[str, str] | None = None) -> Path:
+          version: ModelVersion, extra: Mapping[str, str] | None = None, expected_digest: str | None = None) -> Path:
     """Write the build context at `output` (replacing it) and return its Dockerfile.
 
-    `extra`: more Dockerfiles by file name (the split one `package` builds from)."""
+    `extra`: more Dockerfiles by file name (the split one `package` builds from).
+    `expected_digest`: the digest of `model_dir` when it is not the version's own (its ONNX form),
+    written where the image's runtime checks the directory against it."""
     if output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True)
@@ -115,6 +118,9 @@ def write(output: Path, *, text: str, runtime_tree: Path, conveyor_dir: Path, mo
     _copy_tree(conveyor_dir, output / "conveyor", skip=("__pycache__", "*.pyc", "templates"))
     _copy_tree(model_dir, output / "app" / Path(runtime.MODEL_DIR).name)
     (output / "app" / Path(runtime.VERSION_FILE).name).write_text(version_record(version), encoding="utf-8")
+    if expected_digest is not None:
+        (output / "app" / Path(runtime.SERVING_FILE).name).write_text(
+            json.dumps({"runtime": "onnx", "digest": expected_digest}, indent=2) + "\n", encoding="utf-8")
     for name, content in (extra or {}).items():
         (output / name).write_text(content, encoding="utf-8")
     path = output / "Dockerfile"

@@ -14,7 +14,7 @@ from conveyor import flavors
 from conveyor.exceptions import ConveyorError
 from conveyor.model import materialize, read_metadata
 from conveyor.packaging import builder as builders
-from conveyor.packaging import context, runtime_deps
+from conveyor.packaging import context, runtime_deps, serving_form
 from conveyor.store import hash_bytes, hash_path
 
 if TYPE_CHECKING:
@@ -45,6 +45,8 @@ class Packaged:
     image_id: str | None = None
     layers: list[str] = field(default_factory=list)
     pushed: str | None = None  # REGISTRY/REPO:TAG@sha256:…
+    runtime: str = "native"
+    serving: dict[str, Any] | None = None  # the ONNX serving form (`serving_form.ServingForm.as_dict`)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -59,10 +61,11 @@ def _source(root: Path) -> str:
     return found.stdout.strip() if found.returncode == 0 and found.stdout.strip() else root.resolve().as_uri()
 
 
-def labels(version: ModelVersion, source: str) -> dict[str, str]:
-    """OCI labels tracing the image to its commit, plus the model version it serves."""
+def labels(version: ModelVersion, source: str, serving_digest: str | None = None) -> dict[str, str]:
+    """OCI labels tracing the image to its commit, plus the model version it serves (and, when it
+    serves the version's ONNX form, that form's digest)."""
     git = version.lineage.get("git", {})
-    return {
+    found = {
         "org.opencontainers.image.revision": str(git.get("commit") or "unknown"),
         "org.opencontainers.image.source": source,
         "org.opencontainers.image.version": str(version.version),
@@ -71,7 +74,11 @@ def labels(version: ModelVersion, source: str) -> dict[str, str]:
         f"{LABEL_PREFIX}.name": version.name,
         f"{LABEL_PREFIX}.version": str(version.version),
         f"{LABEL_PREFIX}.digest": version.digest,
+        f"{LABEL_PREFIX}.runtime": "onnx" if serving_digest else "native",
     }
+    if serving_digest:
+        found[f"{LABEL_PREFIX}.serving-digest"] = serving_digest
+    return found
 
 
 def _python_of(environment: dict[str, Any]) -> str:
@@ -95,23 +102,32 @@ def package(
     push: str | None = None,
     tls_verify: bool = True,
     use_cache: bool = True,
+    runtime: str = "native",
 ) -> Packaged:
     """Write the build context of `ref` at `output`, build it when a builder is there, push it to `push`.
 
     The image (id, tag, digest, pushed reference) is recorded in the version's lineage.
-    `cache_dir` keeps prepared runtime packages between builds.
+    `cache_dir` keeps prepared runtime packages between builds. `runtime="onnx"` serves a
+    scikit-learn version's verified ONNX form (`serving_form`), made now if the line did not make it.
     """
+    if runtime not in serving_form.RUNTIMES:
+        raise ConveyorError(f"runtime '{runtime}' is not one of {', '.join(serving_form.RUNTIMES)}; "
+                            "set package.runtime (or --runtime) to one of them")
     version = registry.resolve(ref)
-    model_dir = materialize(store, project.models_dir, version.digest)
+    serving: serving_form.ServingForm | None = None
+    if runtime == "onnx" and version.flavor != "onnx":  # an ONNX model is its own serving form
+        serving, model_dir, _made = serving_form.ensure(registry, store, project.models_dir, version)
+    else:
+        model_dir = materialize(store, project.models_dir, version.digest)
     metadata = read_metadata(model_dir)
     python = python or _python_of(metadata.environment)
     base_image = base_image or f"python:{python}-slim"
     saved_with = metadata.environment.get("packages", {})
     requirements = runtime_deps.runtime_requirements(
-        flavors.get(metadata.flavor).PACKAGES, saved_with if isinstance(saved_with, dict) else {},
+        flavors.serving_packages(metadata.flavor), saved_with if isinstance(saved_with, dict) else {},
         runtime_deps.requirement_pins(project.root / "requirements.txt"))
     tree = runtime_deps.prepare(requirements, python, cache_dir / "runtime")
-    image_labels = labels(version, _source(project.root))
+    image_labels = labels(version, _source(project.root), serving.digest if serving else None)
     conveyor_dir = Path(conveyor.__file__).parent
     runtime_text = context.runtime_dockerfile(base_image, python)
     # The shared layers are built once per (Dockerfile, packages, Conveyor code) as their own image, so a
@@ -121,9 +137,10 @@ def package(
     dockerfile = context.write(
         output, text=context.dockerfile(base_image, python, image_labels), runtime_tree=tree,
         conveyor_dir=conveyor_dir, model_dir=model_dir, version=version,
-        extra={_RUNTIME_FILE: runtime_text, _MODEL_FILE: context.model_dockerfile(runtime_image, image_labels)})
+        expected_digest=serving.digest if serving else None, extra={_RUNTIME_FILE: runtime_text, _MODEL_FILE: context.model_dockerfile(runtime_image, image_labels)})
     made = Packaged(ref=version.ref, context=output, dockerfile=dockerfile, base_image=base_image, python=python,
-                    requirements=requirements, labels=image_labels)
+                    requirements=requirements, labels=image_labels, runtime="onnx" if serving else "native",
+                    serving=serving.as_dict() if serving else None)
     chosen = builders.detect(builder) if build or push else None
     if chosen is None:
         if push:
@@ -142,7 +159,7 @@ def package(
         builders.tag(chosen, image_id, reference)
         pushed = f"{reference}@{builders.push(chosen, reference, tls_verify=tls_verify)}"
     record = {"id": image_id, "tag": name, "digest": pushed.rsplit("@", 1)[1] if pushed else image_id,
-              "pushed": pushed, "base_image": base_image, "built_at": image_labels["org.opencontainers.image.created"]}
+              "pushed": pushed, "base_image": base_image, "runtime": made.runtime, "built_at": image_labels["org.opencontainers.image.created"]}
     registry.record_image(version.name, version.version, record)
     return Packaged(**{**asdict(made), "builder": chosen, "tag": name, "image_id": image_id,
                        "layers": builders.layers(chosen, image_id), "pushed": pushed})

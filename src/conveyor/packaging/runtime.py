@@ -3,6 +3,8 @@
 The image holds no registry and no artifact store: only the model directory
 and the version record it came from (`version.json`). The directory is
 re-hashed at start, so an image whose model was altered refuses to serve.
+An image serving the version's ONNX form (`package.runtime: onnx`) also holds
+`serving.json`, naming the digest the directory must have instead.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ MODEL_DIR = "/app/model"
 VERSION_FILE = "/app/version.json"
 """Where the image keeps the model version's record."""
 
+SERVING_FILE = "/app/serving.json"
+"""Where an image serving another form of the version than its own keeps that form's digest."""
+
 PORT = 8080
 """Port the image's server listens on (EXPOSEd)."""
 
@@ -41,10 +46,11 @@ def read_version(path: Path) -> ModelVersion:
 class BakedSource(ModelSource):
     """A model source that always answers with the version baked into the image."""
 
-    def __init__(self, version: ModelVersion, model_dir: Path) -> None:
+    def __init__(self, version: ModelVersion, model_dir: Path, expected_digest: str | None = None) -> None:
         self.version = version
         self.model_dir = model_dir
         self.ref = version.ref
+        self.expected_digest = expected_digest or version.digest
 
     def resolve(self, ref: str | None = None) -> ModelVersion:
         if ref not in (None, self.ref, f"{self.version.name}@{self.version.version}"):
@@ -54,8 +60,8 @@ class BakedSource(ModelSource):
     def load(self, version: ModelVersion) -> Served:
         started = time.perf_counter()
         actual = hash_path(self.model_dir)
-        if actual != version.digest:
-            raise IntegrityError(f"model directory {self.model_dir}", version.digest, actual)
+        if actual != self.expected_digest:
+            raise IntegrityError(f"model directory {self.model_dir}", self.expected_digest, actual)
         try:
             model = load_model(self.model_dir)
             model.warm()
@@ -64,6 +70,16 @@ class BakedSource(ModelSource):
         except Exception as exc:
             raise ServingError(f"{version.ref} cannot be served: {type(exc).__name__}: {exc}") from exc
         return Served(version, model, time.time(), load_seconds=time.perf_counter() - started)
+
+
+def read_expected_digest(path: Path) -> str | None:
+    """The digest `serving.json` says the model directory has, or None when the image has no such file."""
+    if not path.is_file():
+        return None
+    digest = json.loads(path.read_text(encoding="utf-8")).get("digest")
+    if not isinstance(digest, str):
+        raise ValueError(f"{path} names no digest; package the image again")
+    return digest
 
 
 def main() -> None:
@@ -75,7 +91,8 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        source = BakedSource(read_version(Path(VERSION_FILE)), Path(os.environ.get("CONVEYOR_MODEL_DIR", MODEL_DIR)))
+        source = BakedSource(read_version(Path(VERSION_FILE)), Path(os.environ.get("CONVEYOR_MODEL_DIR", MODEL_DIR)),
+                             read_expected_digest(Path(SERVING_FILE)))
         served = source.load(source.version)
     except (ConveyorError, OSError, ValueError) as exc:
         print(f"Error: {exc}", file=sys.stderr)

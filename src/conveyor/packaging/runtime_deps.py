@@ -30,6 +30,12 @@ SERVING_PACKAGES = ("starlette", "uvicorn", "orjson", "numpy", "prometheus-clien
 _SOURCES_ONLY = (".pyi", ".pxd", ".pyx", ".c", ".cpp", ".h", ".hpp")
 """Files only a compiler or type checker reads."""
 
+_NOT_FOR_SERVING = ("onnxruntime/transformers", "onnxruntime/tools", "onnxruntime/quantization",
+                    "onnxruntime/datasets", "onnxruntime/capi/libonnxruntime.so.*")
+"""Parts of wheels no prediction reads, as globs in the tree: onnxruntime's pure-Python tooling (model
+optimisation, quantization, sample data: 9 MB) and its C API library (35 MB), which its Python module
+never loads (it links the runtime in itself). Checked by the image tests: a session still runs."""
+
 _PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)")
 
 
@@ -68,7 +74,14 @@ def runtime_requirements(flavor_packages: Sequence[str], saved_with: Mapping[str
 
 
 def _trim(tree: Path) -> None:
-    """Drop what a serving process never reads: test suites, bytecode, scripts, debug symbols."""
+    """Drop what a serving process never reads: test suites, bytecode, scripts, debug symbols,
+    and the parts of wheels in `_NOT_FOR_SERVING`."""
+    for pattern in _NOT_FOR_SERVING:
+        for found in tree.glob(pattern):
+            if found.is_dir() and not found.is_symlink():
+                shutil.rmtree(found)
+            else:
+                found.unlink()
     for path in sorted(tree.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if path.is_symlink():
             continue

@@ -116,7 +116,7 @@ def check_rows(metadata_sample: list[list[Any]] | None, signature: dict[str, Any
 
 def to_onnx(model: Any, X: np.ndarray) -> Any:
     """skl2onnx's graph of `model` for inputs like `X` (labels as a tensor, not a list of dicts)."""
-    from skl2onnx import to_onnx as convert
+    from skl2onnx import to_onnx as convert  # type: ignore[import-untyped]
     from sklearn.base import is_classifier
 
     return convert(model, X[:1], options={"zipmap": False} if is_classifier(model) else None)
@@ -185,9 +185,10 @@ def convert(store: ArtifactStore, models_dir: Path, version: ModelVersion) -> Se
     if version.flavor != "sklearn":
         raise NotConvertible(version.ref, f"it is a {version.flavor} model; only scikit-learn models are converted")
     try:
+        import onnxruntime  # type: ignore[import-untyped]  # noqa: F401
         import skl2onnx
-    except ImportError:
-        raise NotConvertible(version.ref, "skl2onnx is not installed here (pip install skl2onnx)") from None
+    except ImportError as exc:
+        raise NotConvertible(version.ref, f"{exc.name} is not installed here (pip install skl2onnx onnxruntime)") from None
     native = load_verified(store, models_dir, version.digest)
     X = check_rows(native.metadata.sample, native.signature)
     try:
@@ -199,7 +200,10 @@ def convert(store: ArtifactStore, models_dir: Path, version: ModelVersion) -> Se
     staging = Path(tempfile.mkdtemp(dir=models_dir, prefix=".tmp-onnx-"))
     try:
         _write(staging / "model", graph, native)
-        served = load_model(staging / "model")
+        try:
+            served = load_model(staging / "model")
+        except ConveyorError as exc:  # e.g. a pipeline converted to several inputs: the onnx flavor feeds one
+            raise NotConvertible(version.ref, f"its ONNX form cannot be served ({exc})") from None
         try:
             worst = _compare(version.ref, native, served, X)
         except NotConvertible:
