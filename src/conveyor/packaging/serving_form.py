@@ -92,7 +92,9 @@ def recorded(version: ModelVersion) -> ServingForm | None:
 
 def check_rows(metadata_sample: list[list[Any]] | None, signature: dict[str, Any], n: int = GENERATED_ROWS) -> np.ndarray:
     """The sample rows plus `n` rows drawn around them (seeded): each number uniform over its column's
-    observed range widened by half of it, each string or boolean one of those seen."""
+    observed range widened on both sides by the column's magnitude (a handful of sample rows is often
+    one class: the checked rows must cross the model's decision boundaries), each string or boolean
+    one of those seen."""
     import numpy as np
 
     from conveyor.signature import sample_rows, to_array
@@ -104,7 +106,7 @@ def check_rows(metadata_sample: list[list[Any]] | None, signature: dict[str, Any
         seen = base[:, index]
         if column["dtype"] in ("float64", "float32", "int64", "int32"):
             low, high = float(np.min(seen.astype(float))), float(np.max(seen.astype(float)))
-            margin = (high - low) / 2 or max(abs(high), 1.0) / 2
+            margin = max(high - low, abs(low), abs(high)) or 1.0
             drawn = random.uniform(low - margin, high + margin, n)
             columns.append((np.rint(drawn).astype(int) if column["dtype"].startswith("int") else drawn).tolist())
         else:
@@ -189,7 +191,12 @@ def convert(store: ArtifactStore, models_dir: Path, version: ModelVersion) -> Se
         import skl2onnx
     except ImportError as exc:
         raise NotConvertible(version.ref, f"{exc.name} is not installed here (pip install skl2onnx onnxruntime)") from None
-    native = load_verified(store, models_dir, version.digest)
+    try:
+        native = load_verified(store, models_dir, version.digest)
+    except ConveyorError:
+        raise
+    except Exception as exc:  # unpickling runs the model's classes' code: any error means "not loadable here"
+        raise NotConvertible(version.ref, f"it cannot be loaded here ({type(exc).__name__}: {exc})") from None
     X = check_rows(native.metadata.sample, native.signature)
     try:
         graph = to_onnx(native.model, X)
