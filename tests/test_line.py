@@ -332,3 +332,33 @@ def test_runs_list_and_show(iris: Path) -> None:
     assert "stage:train" in shown.stdout and "gates" in shown.stdout
     missing = conveyor(iris, "runs", "show", "nope", check=False)
     assert missing.returncode == 1 and "no run 'nope'" in missing.stderr
+
+
+def test_the_line_makes_the_onnx_serving_form_when_configured(iris: Path) -> None:
+    config = iris / "conveyor.yaml"
+    config.write_text(config.read_text() + "\npackage:\n  runtime: onnx\n")
+    commit_all(iris, "serve with onnxruntime")
+    shown_run = conveyor(iris, "run", "--no-deploy")
+    assert "serving form" in shown_run.stdout and "onnx (checked 305 rows, max difference" in shown_run.stdout
+    shown = json.loads(conveyor(iris, "models", "show", "iris@1", "--json").stdout)
+    serving = shown["lineage"]["serving"]
+    assert serving["runtime"] == "onnx" and serving["converted_from"] == shown["digest"]
+    assert serving["rows_checked"] == 305 and serving["max_abs_difference"] < 1e-6
+    assert serving["converter"].startswith("skl2onnx ")
+
+    # A model skl2onnx cannot convert: the line says why and goes on; only packaging it as onnx would fail.
+    train = iris / "src" / "train.py"
+    train.write_text(train.read_text()
+                     .replace("from sklearn.linear_model import LogisticRegression",
+                              "from sklearn.neighbors import NearestCentroid")
+                     .replace('LogisticRegression(C=float(params["C"]), max_iter=int(params["max_iter"]))',
+                              "NearestCentroid()"))
+    config.write_text(config.read_text().replace("min: 0.9", "min: 0.5").replace("tolerance: 0.02", "tolerance: 0.5"))
+    commit_all(iris, "nearest centroid")
+    record = run_json(iris, "--no-deploy")
+    assert record["status"] == "passed", record["error"]
+    step = next(s for s in record["steps"] if s["name"] == "serving form")
+    assert step["status"] == "skipped"
+    assert "skl2onnx cannot convert a NearestCentroid" in step["summary"]
+    assert "package.runtime: native" in step["summary"]
+    assert "serving" not in json.loads(conveyor(iris, "models", "show", "iris@2", "--json").stdout)["lineage"]

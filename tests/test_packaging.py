@@ -272,6 +272,85 @@ def test_a_new_model_version_changes_only_the_model_layer(
     assert first["layers"][-1] != second["layers"][-1]  # the model
 
 
+@pytest.fixture(scope="module")
+def iris_onnx_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The iris example with `package.runtime: onnx`, its line run once (iris@1 and its ONNX form)."""
+    root = tmp_path_factory.mktemp("package-onnx") / "iris"
+    _conveyor(root.parent, "init", str(root), "--example", "iris")
+    config = root / "conveyor.yaml"
+    config.write_text(config.read_text() + "\npackage:\n  runtime: onnx\n")
+    commit_all(root, "serve with onnxruntime")
+    _conveyor(root, "run", "--no-deploy")
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("containers")
+def test_onnx_image_serves_the_native_predictions_without_scikit_learn(
+        iris_project: Path, podman_env: dict[str, str], images: _Images, container: list[str]) -> None:
+    from sklearn.datasets import load_iris
+
+    from conveyor import load_model
+
+    tag = images.name("iris:onnx")
+    made = _package(iris_project, "iris@1", tag, podman_env, "--runtime", "onnx")  # converted now: no form yet
+    assert made["runtime"] == "onnx"
+    packages = {line.split("==")[0] for line in made["requirements"]}
+    assert {"onnxruntime", "numpy", "starlette"} <= packages
+    assert not packages & {"scikit-learn", "scipy", "joblib", "onnx"}
+    shown = json.loads(_conveyor(iris_project, "models", "show", "iris@1", "--json"))
+    serving = shown["lineage"]["serving"]
+    assert serving == made["serving"] and serving["converted_from"] == shown["digest"]
+    labels = json.loads(_podman("image", "inspect", tag).stdout)[0]["Labels"]
+    assert labels["io.conveyor.model.runtime"] == "onnx"
+    assert labels["io.conveyor.model.serving-digest"] == serving["digest"]
+    assert labels["io.conveyor.model.digest"] == shown["digest"]  # the version it stands for
+
+    base = int(_podman("image", "inspect", "--format", "{{.Size}}", podman_env["CONVEYOR_BASE_IMAGE"]).stdout)
+    added = int(_podman("image", "inspect", "--format", "{{.Size}}", tag).stdout) - base
+    assert added < 150e6, f"the onnx image adds {added / 1e6:.1f} MB to the base"
+    for module in ("sklearn", "scipy", "onnxruntime.quantization"):
+        done = _podman("run", "--rm", tag, "python3", "-c", f"import {module}", check=False)
+        assert done.returncode != 0 and "ModuleNotFoundError" in done.stderr, module
+    session = ("import numpy, onnxruntime; s = onnxruntime.InferenceSession('/app/model/model.onnx', "
+               "providers=['CPUExecutionProvider']); "
+               "print(s.run(None, {s.get_inputs()[0].name: numpy.array([[5.1, 3.5, 1.4, 0.2]])})[0].tolist())")
+    assert _podman("run", "--rm", tag, "python3", "-c", session).stdout.strip() == "[0]"  # trimmed, still runs
+
+    name, port = f"conveyor-test-{uuid.uuid4().hex[:8]}", _free_port()
+    container.append(name)
+    _podman("run", "-d", "--init", "--name", name, "-p", f"127.0.0.1:{port}:8080", tag)
+    url = f"http://127.0.0.1:{port}"
+    ready = _wait_ready(url, name)
+    assert ready["model"]["version"] == 1 and ready["model"]["flavor"] == "onnx"
+    rows = load_iris().data[::5].tolist()
+    answer = httpx.post(f"{url}/predict", json={"rows": rows}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    native = load_model(iris_project / ".conveyor" / "models" / shown["digest"].removesuffix(".dir"))
+    assert answer.json()["predictions"] == native.predict(rows).tolist()
+    assert len(set(answer.json()["predictions"])) == 3
+    assert "telemetry" not in _podman("logs", name).stderr  # ORT_DISABLE_TELEMETRY=1
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("containers")
+def test_an_onnx_model_only_rebuild_changes_only_the_model_layer(
+        iris_onnx_project: Path, podman_env: dict[str, str], images: _Images) -> None:
+    first = _package(iris_onnx_project, "iris@1", images.name("iris:onnx-layers-1"), podman_env)
+    lineage = json.loads(_conveyor(iris_onnx_project, "models", "show", "iris@1", "--json"))["lineage"]
+    assert first["runtime"] == "onnx" and first["serving"] == lineage["serving"]  # made by the line
+    params = iris_onnx_project / "params.yaml"
+    params.write_text(params.read_text().replace("C: 1.0", "C: 0.5"))
+    commit_all(iris_onnx_project, "weaker regularisation")
+    assert "serving form" in _conveyor(iris_onnx_project, "run", "--no-deploy")
+    second = _package(iris_onnx_project, "iris@2", images.name("iris:onnx-layers-2"), podman_env)
+    assert second["ref"] == "iris@2" and second["requirements"] == first["requirements"]
+    assert second["serving"]["digest"] != first["serving"]["digest"]
+    assert len(first["layers"]) == len(second["layers"]) >= 4
+    assert first["layers"][:-1] == second["layers"][:-1]  # base, venv, runtime packages, serving code
+    assert first["layers"][-1] != second["layers"][-1]  # the model
+
+
 @pytest.fixture
 def local_registry(tmp_path: Path) -> Iterator[str]:
     """Debian's `docker-registry` (distribution v2) on a free loopback port, with its own storage."""

@@ -69,6 +69,25 @@ def test_iris_converts_verified_stored_and_recorded(sqlite_registry: Registry, s
     assert again == form and not made_again  # recorded: only materialized
 
 
+def test_the_image_runtime_checks_the_onnx_directory_against_the_serving_digest(
+        sqlite_registry: Registry, stores: _Stores, tmp_path: Path, classifier: Any, iris: tuple[Any, Any]) -> None:
+    import json
+
+    from conveyor.exceptions import IntegrityError
+    from conveyor.packaging.runtime import BakedSource, read_expected_digest
+
+    features, _labels = iris
+    version = _register(sqlite_registry, stores, tmp_path, classifier, features[::30])
+    form, directory, _made = serving_form.ensure(sqlite_registry, stores.store, stores.models_dir, version)
+    carried = tmp_path / "serving.json"
+    carried.write_text(json.dumps({"runtime": "onnx", "digest": form.digest}))
+    assert read_expected_digest(carried) == form.digest and read_expected_digest(tmp_path / "none.json") is None
+    served = BakedSource(version, directory, read_expected_digest(carried)).load(version)
+    assert served.model.metadata.flavor == "onnx"
+    with pytest.raises(IntegrityError):  # the version's own digest is the scikit-learn directory's
+        BakedSource(version, directory).load(version)
+
+
 def test_checked_rows_reach_beyond_the_sample(classifier: Any, iris: tuple[Any, Any], tmp_path: Path) -> None:
     features, _labels = iris
     metadata = read_metadata(save_model(classifier, tmp_path / "m", sample_input=features[:5], input_names=FEATURES))
