@@ -44,6 +44,14 @@ RUN python3 -m venv --without-pip /opt/venv \\
 COPY runtime/ {site}/
 # Conveyor's serving code.
 COPY conveyor/ {site}/conveyor/
+# How the image runs, settled here: every instruction after the model's COPY is one more commit in a rebuild.
+WORKDIR /app
+USER {USER_ID}
+EXPOSE {runtime.PORT}
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \\
+  CMD ["python3", "-c", "{_HEALTHCHECK}"]
+CMD ["python3", "-m", "conveyor.packaging.runtime"]
 """
 
 
@@ -52,13 +60,6 @@ def _model_part(labels: Mapping[str, str]) -> str:
     return f"""\
 # The model and its version record: the only layer a new version with the same dependencies changes.
 COPY app/ /app/
-USER {USER_ID}
-WORKDIR /app
-EXPOSE {runtime.PORT}
-STOPSIGNAL SIGTERM
-HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \\
-  CMD ["python3", "-c", "{_HEALTHCHECK}"]
-CMD ["python3", "-m", "conveyor.packaging.runtime"]
 LABEL {label_lines}
 """
 
