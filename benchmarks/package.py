@@ -120,7 +120,8 @@ def main() -> None:
     ]
     table = "\n".join(f"| {what} | {' | '.join(cells)} |" for what, cells in rows)
     floors = "\n".join(
-        f"- {r}: rebuild / full build (floor < 10 %): **{100 * statistics.median(rebuild[r]) / statistics.median(full[r]):.1f} %**; "
+        f"- {r}: rebuild / full build (floor < 10 %): "
+        f"**{100 * statistics.median(rebuild[r]) / statistics.median(full[r]):.1f} %**; "
         f"size added over the base (floor < 150 MB): **{statistics.median(added[r]) / 1e6:.1f} MB**"
         for r in runtimes)
     converted = (f"\n- ONNX conversion and verification (the line's `serving form` step, at registration; not in "

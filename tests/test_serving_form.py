@@ -199,4 +199,5 @@ def test_package_refuses_an_unknown_runtime(sqlite_registry: Registry, stores: _
 def test_package_help_shows_the_onnx_runtime() -> None:
     result = CliRunner().invoke(main, ["package", "--help"])
     assert result.exit_code == 0
-    assert "--runtime [native|onnx]" in result.output and "conveyor package iris@production --runtime onnx" in result.output
+    assert "--runtime [native|onnx]" in result.output
+    assert "conveyor package iris@production --runtime onnx" in result.output

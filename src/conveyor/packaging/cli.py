@@ -70,8 +70,9 @@ def package(ref: str, builder: str, no_build: bool, push: str | None, tls_verify
         return
     click.echo(f"{made.ref}: build context {made.context} (base {made.base_image}, Python {made.python})")
     if made.serving:
-        click.echo(f"  serving     onnx {made.serving['digest'][:12]} (converted from {made.serving['converted_from'][:12]}, "
-                   f"checked {made.serving['rows_checked']} rows, max difference {made.serving['max_abs_difference']:.1g})")
+        form = made.serving
+        click.echo(f"  serving     onnx {form['digest'][:12]} (converted from {form['converted_from'][:12]}, "
+                   f"checked {form['rows_checked']} rows, max difference {form['max_abs_difference']:.1g})")
     click.echo(f"  runtime     {' '.join(made.requirements)}")
     if made.image_id is None:
         click.echo("  image       not built (--no-build, or no podman/buildah/docker here)")

@@ -116,7 +116,7 @@ def package(
     version = registry.resolve(ref)
     serving: serving_form.ServingForm | None = None
     if runtime == "onnx" and version.flavor != "onnx":  # an ONNX model is its own serving form
-        serving, model_dir, _made = serving_form.ensure(registry, store, project.models_dir, version)
+        serving, model_dir, _converted_now = serving_form.ensure(registry, store, project.models_dir, version)
     else:
         model_dir = materialize(store, project.models_dir, version.digest)
     metadata = read_metadata(model_dir)
@@ -137,7 +137,8 @@ def package(
     dockerfile = context.write(
         output, text=context.dockerfile(base_image, python, image_labels), runtime_tree=tree,
         conveyor_dir=conveyor_dir, model_dir=model_dir, version=version,
-        expected_digest=serving.digest if serving else None, extra={_RUNTIME_FILE: runtime_text, _MODEL_FILE: context.model_dockerfile(runtime_image, image_labels)})
+        expected_digest=serving.digest if serving else None,
+        extra={_RUNTIME_FILE: runtime_text, _MODEL_FILE: context.model_dockerfile(runtime_image, image_labels)})
     made = Packaged(ref=version.ref, context=output, dockerfile=dockerfile, base_image=base_image, python=python,
                     requirements=requirements, labels=image_labels, runtime="onnx" if serving else "native",
                     serving=serving.as_dict() if serving else None)
@@ -159,7 +160,8 @@ def package(
         builders.tag(chosen, image_id, reference)
         pushed = f"{reference}@{builders.push(chosen, reference, tls_verify=tls_verify)}"
     record = {"id": image_id, "tag": name, "digest": pushed.rsplit("@", 1)[1] if pushed else image_id,
-              "pushed": pushed, "base_image": base_image, "runtime": made.runtime, "built_at": image_labels["org.opencontainers.image.created"]}
+              "pushed": pushed, "base_image": base_image, "runtime": made.runtime,
+              "built_at": image_labels["org.opencontainers.image.created"]}
     registry.record_image(version.name, version.version, record)
     return Packaged(**{**asdict(made), "builder": chosen, "tag": name, "image_id": image_id,
                        "layers": builders.layers(chosen, image_id), "pushed": pushed})

@@ -90,7 +90,7 @@ def recorded(version: ModelVersion) -> ServingForm | None:
         return None
 
 
-def check_rows(metadata_sample: list[list[Any]] | None, signature: dict[str, Any], n: int = GENERATED_ROWS) -> np.ndarray:
+def check_rows(sample: list[list[Any]] | None, signature: dict[str, Any], n: int = GENERATED_ROWS) -> np.ndarray:
     """The sample rows plus `n` rows drawn around them (seeded): each number uniform over its column's
     observed range widened on both sides by the column's magnitude (a handful of sample rows is often
     one class: the checked rows must cross the model's decision boundaries), each string or boolean
@@ -99,7 +99,7 @@ def check_rows(metadata_sample: list[list[Any]] | None, signature: dict[str, Any
 
     from conveyor.signature import sample_rows, to_array
 
-    base = to_array(signature, metadata_sample) if metadata_sample else sample_rows(signature)
+    base = to_array(signature, sample) if sample else sample_rows(signature)
     random = np.random.default_rng(_SEED)
     columns: list[list[Any]] = []
     for index, column in enumerate(signature["inputs"]):
@@ -175,7 +175,8 @@ def _write(directory: Path, graph: Any, native: LoadedModel) -> None:
         "artifact": artifact,
         "signature": native.metadata.signature,
         "sample": native.metadata.sample,
-        "environment": {"python": platform.python_version(), "packages": package_versions(onnx_flavor.SERVING_PACKAGES)},
+        "environment": {"python": platform.python_version(),
+                        "packages": package_versions(onnx_flavor.SERVING_PACKAGES)},
     }
     (directory / METADATA_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     os.chmod(directory, 0o755)
@@ -190,7 +191,8 @@ def convert(store: ArtifactStore, models_dir: Path, version: ModelVersion) -> Se
         import onnxruntime  # type: ignore[import-untyped]  # noqa: F401
         import skl2onnx
     except ImportError as exc:
-        raise NotConvertible(version.ref, f"{exc.name} is not installed here (pip install skl2onnx onnxruntime)") from None
+        missing = f"{exc.name or 'skl2onnx'} is not installed here (pip install skl2onnx onnxruntime)"
+        raise NotConvertible(version.ref, missing) from None
     try:
         native = load_verified(store, models_dir, version.digest)
     except ConveyorError:
@@ -202,7 +204,8 @@ def convert(store: ArtifactStore, models_dir: Path, version: ModelVersion) -> Se
         graph = to_onnx(native.model, X)
     except Exception as exc:  # skl2onnx raises many types (RuntimeError, NameError, …) for what it cannot convert
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise NotConvertible(version.ref, f"skl2onnx cannot convert a {type(native.model).__name__} ({first})") from None
+        kind = type(native.model).__name__
+        raise NotConvertible(version.ref, f"skl2onnx cannot convert a {kind} ({first})") from None
     models_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=models_dir, prefix=".tmp-onnx-"))
     try:
