@@ -423,7 +423,7 @@ class Registry:
         return self._write(name, write)
 
     def record_image(self, name: str, version: int, image: Mapping[str, Any]) -> ModelVersion:
-        """Set `lineage["image"]` of a version: the one field written after registration, because
+        """Set `lineage["image"]` of a version: written after registration (like `serving`), because
         the image is built from the registered version (`conveyor package`). The rest stays immutable."""
 
         def write(conn: sa.Connection) -> ModelVersion:
@@ -438,7 +438,7 @@ class Registry:
         return self._write(name, write)
 
     def record_serving_form(self, name: str, version: int, form: Mapping[str, Any]) -> ModelVersion:
-        """Set `lineage["serving"] of a version: the verified model directory an image serves instead of
+        """Set `lineage["serving"]` of a version: the verified model directory an image serves instead of
         the registered one (`package.runtime: onnx`), made from the registered version after registration."""
 
         def write(conn: sa.Connection) -> ModelVersion:
