@@ -153,7 +153,7 @@ def package(
     else:
         if not builders.exists(chosen, runtime_image):
             builders.build(chosen, output, runtime_image, dockerfile=_RUNTIME_FILE)
-        image_id = builders.build(chosen, output, name, dockerfile=_MODEL_FILE)
+        image_id = builders.build(chosen, output, name, dockerfile=_MODEL_FILE, intermediate=False)
     pushed = None
     if push:
         reference = push if ":" in push.rsplit("/", 1)[-1] else f"{push}:{version.version}"
