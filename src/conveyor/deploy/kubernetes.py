@@ -124,6 +124,19 @@ def apply(documents: list[dict[str, Any]], name: str, *, state_dir: Path, kubect
     return path
 
 
+def applied_image(name: str, *, state_dir: Path) -> str | None:
+    """The image of the newest set of manifests applied (and not rolled back) for `name`, if any."""
+    import yaml
+
+    applied = sorted(p for p in _history(state_dir, name).glob("*.yaml") if p.stem.isdigit())
+    if not applied:
+        return None
+    for doc in yaml.safe_load_all(applied[-1].read_text(encoding="utf-8")):
+        if isinstance(doc, dict) and doc.get("kind") == "Deployment":
+            return str(doc["spec"]["template"]["spec"]["containers"][0]["image"])
+    return None
+
+
 def rollback(name: str, *, state_dir: Path, kubectl: str = "kubectl", timeout_s: float = 300.0) -> Path:
     """Re-apply the set applied before the newest one, and wait for its rollout."""
     applied = sorted(p for p in _history(state_dir, name).glob("*.yaml") if p.stem.isdigit())
