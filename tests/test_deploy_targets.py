@@ -134,6 +134,9 @@ def test_the_line_deploys_to_a_container_and_hot_swaps_a_model_only_change_under
     image = json.loads(_conveyor(root, "models", "lineage", "iris@2", "--json"))["image"]
     assert image, "the hot-swapped version's image is built and recorded too"
 
+    out = _conveyor(root, "rollback", "iris")  # one command: the alias moves back and the container follows
+    assert "v2 → v1" in out and "iris@1 hot-swapped" in out and _version(url) == "1"
+
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("containers")

@@ -534,9 +534,12 @@ class _ProjectRegistry:
             return None
 
     def follow(self, name: str, alias: str) -> str | None:
-        """If the local server follows NAME@ALIAS, make it serve where the alias now points."""
+        """If the local server follows NAME@ALIAS (or, with `deploy.target` container or kubernetes, if the
+        line deploys NAME@ALIAS there and it is live), make it serve where the alias now points."""
         from conveyor.deploy import local
 
+        if self.config.deploy.target != "local":
+            return self._follow_elsewhere(name, alias)
         live = local.current(self.project)
         ref = f"{name}@{alias}"
         if live is None or live.ref != ref:
@@ -552,6 +555,27 @@ class _ProjectRegistry:
                                           follow_interval_s=self.config.deploy.follow_interval_s,
                                           predictions_need_token=self.config.deploy.predictions_need_token)
         return f"{deployment.url} now serves v{deployment.version} ({time.perf_counter() - started:.2f}s)"
+
+    def _follow_elsewhere(self, name: str, alias: str) -> str | None:
+        from conveyor.deploy import container, kubernetes, targets
+
+        if name != self.config.model.name or alias != defaults.PRODUCTION_ALIAS:
+            return None  # the line deploys production of the project's model, nothing else
+        version = self.registry.resolve(f"{name}@{alias}")
+        started = time.perf_counter()
+        if self.config.deploy.target == "container":
+            running = [c for c in container.containers(targets.container_deployment(self.config, version),
+                                                       engine=self.config.deploy.container.engine) if c.running]
+            if not running:
+                return None
+            placed = targets.to_container(self.project, self.config, self.registry, version,
+                                          port=self.config.deploy.port)
+        else:
+            if kubernetes.applied_image(self.config.deploy.kubernetes.name or name,
+                                        state_dir=self.project.state_dir) is None:
+                return None
+            placed = targets.to_kubernetes(self.project, self.config, self.registry, version)
+        return f"{placed.summary} ({time.perf_counter() - started:.2f}s)"
 
 
 @models.command("promote")

@@ -86,9 +86,14 @@ def render(image: str, name: str, *, replicas: int = 2, resources: Resources = R
 
 
 def to_yaml(documents: list[dict[str, Any]]) -> str:
+    """The documents as one YAML stream, written out in full (no `&id001` anchors for shared labels)."""
     import yaml
 
-    return "---\n".join(yaml.safe_dump(doc, sort_keys=False) for doc in documents)
+    class _Plain(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    return "---\n".join(yaml.dump(doc, Dumper=_Plain, sort_keys=False) for doc in documents)
 
 
 def _history(state_dir: Path, name: str) -> Path:
