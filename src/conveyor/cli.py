@@ -861,6 +861,9 @@ def deployments(ctx: click.Context, as_json: bool) -> None:
         return
     if live is None:
         console.print("Nothing is deployed locally.")
+        elsewhere = _deployed_elsewhere(Project.find())
+        if elsewhere:
+            console.print(elsewhere, soft_wrap=True)
         return
     split = "100% of traffic" if not traffic else (
         f"{100 - traffic['share']:g}% of traffic, {traffic['mode']} {traffic['candidate']} {traffic['share']:g}%"
@@ -868,6 +871,27 @@ def deployments(ctx: click.Context, as_json: bool) -> None:
     if traffic:
         split += f" ({describe_split(traffic)})"
     console.print(f"{live.name}@{live.version} ({live.ref}) at {live.url} · pid {live.pid} · {split}", soft_wrap=True)
+
+
+def _deployed_elsewhere(project: Project) -> str | None:
+    """What the line's container or Kubernetes target serves (`deploy.target`), in one line."""
+    from conveyor import config as config_module
+    from conveyor.deploy import container, kubernetes
+
+    settings = config_module.load(project.root, project.state_dir)
+    if settings.deploy.target == "container":
+        name = settings.deploy.container.name or settings.model.name
+        running = [c for c in container.containers(name, engine=settings.deploy.container.engine) if c.running]
+        if not running:
+            return f"deploy.target container: no container of '{name}' is running."
+        return (f"deploy.target container: {running[0].name} serves "
+                f"{container.serving_ref(project.state_dir, name, running[0])} at {running[0].url} "
+                f"(`conveyor containers list --name {name}`)")
+    if settings.deploy.target == "kubernetes":
+        name = settings.deploy.kubernetes.name or settings.model.name
+        image = kubernetes.applied_image(name, state_dir=project.state_dir)
+        return f"deploy.target kubernetes: deployment/{name} was last applied with {image or 'nothing yet'}."
+    return None
 
 
 @deployments.command("stop")

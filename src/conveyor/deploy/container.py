@@ -84,7 +84,11 @@ class Switch:
 
 
 def _engine(engine: str, *args: str, check: bool = True) -> str:
-    done = subprocess.run([engine, *args], capture_output=True, text=True, check=False, timeout=300)
+    try:
+        done = subprocess.run([engine, *args], capture_output=True, text=True, check=False, timeout=300)
+    except FileNotFoundError:
+        raise ConveyorError(f"{engine} is not installed: the container target runs images with podman or docker "
+                            "(deploy.container.engine)") from None
     if check and done.returncode != 0:
         raise ConveyorError(f"{engine} {args[0]} failed: {done.stderr.strip()[-500:]}")
     return done.stdout
