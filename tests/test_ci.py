@@ -149,7 +149,9 @@ def test_github_workflow_triggers_cache_and_production_environment(example: Path
     uses = [step.get("uses", "") for step in line["steps"]]
     assert "actions/checkout@v6" in uses and "actions/setup-python@v6" in uses
     cache = next(step for step in line["steps"] if step.get("uses", "").startswith("actions/cache@"))
-    assert cache["with"]["path"] == ".conveyor/cache" and "hashFiles('requirements.txt')" in cache["with"]["key"]
+    # the objects and the stage results that point at them: with both, an unchanged stage is not run again
+    assert cache["with"]["path"].split() == [".conveyor/cache", ".conveyor/stages"]
+    assert "hashFiles('requirements.txt')" in cache["with"]["key"]
     assert workflow["jobs"]["deploy"]["environment"] == "production"
     assert all("timeout-minutes" in job for job in workflow["jobs"].values())
 
