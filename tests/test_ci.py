@@ -98,6 +98,36 @@ def test_every_step_calls_only_conveyor_or_pip(example: Path, engine: str) -> No
         assert command.split()[0] == "conveyor" or command.startswith(("python -m pip install", "python3 -m venv")), command
 
 
+def _parse(args: list[str]) -> None:
+    """Parse a command line with Conveyor's own CLI, as far as the command it names, without running it."""
+    import click
+
+    from conveyor.cli import main
+
+    command: click.Command = main
+    name, parent = "conveyor", None
+    while True:
+        ctx = command.make_context(name, list(args), parent=parent)
+        rest = [*ctx._protected_args, *ctx.args]
+        if not isinstance(command, click.Group) or not rest:
+            return
+        found_name, found, args = command.resolve_command(ctx, rest)
+        assert found is not None and found_name is not None, rest
+        name, command, parent = found_name, found, ctx
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_every_generated_conveyor_command_parses_with_the_real_cli(example: Path, engine: str) -> None:
+    import shlex
+
+    commands = [c for c in _commands(engine, render(example, engine, deploy=True).text)  # type: ignore[arg-type]
+                if c.startswith("conveyor ")]
+    assert "conveyor package iris@production" in commands and "conveyor deploy iris@production" in commands
+    for command in commands:
+        # a missing argument or an unknown option raises a click UsageError
+        _parse(shlex.split(command.split(" || ")[0])[1:])
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_without_a_remote_nothing_is_pulled_or_pushed(example: Path, engine: str) -> None:
     config = example / "conveyor.yaml"
@@ -119,7 +149,9 @@ def test_github_workflow_triggers_cache_and_production_environment(example: Path
     uses = [step.get("uses", "") for step in line["steps"]]
     assert "actions/checkout@v6" in uses and "actions/setup-python@v6" in uses
     cache = next(step for step in line["steps"] if step.get("uses", "").startswith("actions/cache@"))
-    assert cache["with"]["path"] == ".conveyor/cache" and "hashFiles('requirements.txt')" in cache["with"]["key"]
+    # the objects and the stage results that point at them: with both, an unchanged stage is not run again
+    assert cache["with"]["path"].split() == [".conveyor/cache", ".conveyor/stages"]
+    assert "hashFiles('requirements.txt')" in cache["with"]["key"]
     assert workflow["jobs"]["deploy"]["environment"] == "production"
     assert all("timeout-minutes" in job for job in workflow["jobs"].values())
 

@@ -69,23 +69,40 @@ def test_iris_converts_verified_stored_and_recorded(sqlite_registry: Registry, s
     assert again == form and not made_again  # recorded: only materialized
 
 
-def test_the_image_runtime_checks_the_onnx_directory_against_the_serving_digest(
+def test_the_image_runtime_checks_onnx_directories_against_their_serving_digests(
         sqlite_registry: Registry, stores: _Stores, tmp_path: Path, classifier: Any, iris: tuple[Any, Any]) -> None:
     import json
+    import shutil
 
-    from conveyor.exceptions import IntegrityError
-    from conveyor.packaging.runtime import BakedSource, read_expected_digest
+    from sklearn.linear_model import LogisticRegression
 
-    features, _labels = iris
+    from conveyor.exceptions import IntegrityError, ServingError
+    from conveyor.packaging.context import version_record
+    from conveyor.packaging.runtime import ImageSource, read_expected_digest
+
+    features, labels = iris
     version = _register(sqlite_registry, stores, tmp_path, classifier, features[::30])
     form, directory, _made = serving_form.ensure(sqlite_registry, stores.store, stores.models_dir, version)
     carried = tmp_path / "serving.json"
     carried.write_text(json.dumps({"runtime": "onnx", "digest": form.digest}))
     assert read_expected_digest(carried) == form.digest and read_expected_digest(tmp_path / "none.json") is None
-    served = BakedSource(version, directory, read_expected_digest(carried)).load(version)
-    assert served.model.metadata.flavor == "onnx"
+    swapped = tmp_path / "swapped"
+    source = ImageSource(version, directory, swapped, expected_digest=read_expected_digest(carried))
+    assert source.load(version).model.metadata.flavor == "onnx"
     with pytest.raises(IntegrityError):  # the version's own digest is the scikit-learn directory's
-        BakedSource(version, directory).load(version)
+        ImageSource(version, directory).load(version)
+
+    # A later version swapped into the running image: checked against the form its record names.
+    later = _register(sqlite_registry, stores, tmp_path, LogisticRegression(C=0.1, max_iter=1000).fit(features, labels),
+                      features[::30])
+    later_form, later_dir, _made = serving_form.ensure(sqlite_registry, stores.store, stores.models_dir, later)
+    (swapped / later.ref).mkdir(parents=True)
+    shutil.copytree(later_dir, swapped / later.ref / "model")
+    (swapped / later.ref / "version.json").write_text(version_record(sqlite_registry.get("iris", later.version)))
+    assert source.load(source.resolve(later.ref)).version.version == later.version
+    (swapped / later.ref / "version.json").write_text(version_record(later))  # recorded before its form was made
+    with pytest.raises(ServingError, match="no ONNX form recorded"):
+        source.load(source.resolve(later.ref))
 
 
 def test_checked_rows_reach_beyond_the_sample(classifier: Any, iris: tuple[Any, Any], tmp_path: Path) -> None:

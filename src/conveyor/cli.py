@@ -534,9 +534,12 @@ class _ProjectRegistry:
             return None
 
     def follow(self, name: str, alias: str) -> str | None:
-        """If the local server follows NAME@ALIAS, make it serve where the alias now points."""
+        """If the local server follows NAME@ALIAS (or, with `deploy.target` container or kubernetes, if the
+        line deploys NAME@ALIAS there and it is live), make it serve where the alias now points."""
         from conveyor.deploy import local
 
+        if self.config.deploy.target != "local":
+            return self._follow_elsewhere(name, alias)
         live = local.current(self.project)
         ref = f"{name}@{alias}"
         if live is None or live.ref != ref:
@@ -552,6 +555,27 @@ class _ProjectRegistry:
                                           follow_interval_s=self.config.deploy.follow_interval_s,
                                           predictions_need_token=self.config.deploy.predictions_need_token)
         return f"{deployment.url} now serves v{deployment.version} ({time.perf_counter() - started:.2f}s)"
+
+    def _follow_elsewhere(self, name: str, alias: str) -> str | None:
+        from conveyor.deploy import container, kubernetes, targets
+
+        if name != self.config.model.name or alias != defaults.PRODUCTION_ALIAS:
+            return None  # the line deploys production of the project's model, nothing else
+        version = self.registry.resolve(f"{name}@{alias}")
+        started = time.perf_counter()
+        if self.config.deploy.target == "container":
+            running = [c for c in container.containers(targets.container_deployment(self.config, version),
+                                                       engine=self.config.deploy.container.engine) if c.running]
+            if not running:
+                return None
+            placed = targets.to_container(self.project, self.config, self.registry, version,
+                                          port=self.config.deploy.port)
+        else:
+            if kubernetes.applied_image(self.config.deploy.kubernetes.name or name,
+                                        state_dir=self.project.state_dir) is None:
+                return None
+            placed = targets.to_kubernetes(self.project, self.config, self.registry, version)
+        return f"{placed.summary} ({time.perf_counter() - started:.2f}s)"
 
 
 @models.command("promote")
@@ -840,6 +864,9 @@ def deployments(ctx: click.Context, as_json: bool) -> None:
         return
     if live is None:
         console.print("Nothing is deployed locally.")
+        elsewhere = _deployed_elsewhere(Project.find())
+        if elsewhere:
+            console.print(elsewhere, soft_wrap=True)
         return
     split = "100% of traffic" if not traffic else (
         f"{100 - traffic['share']:g}% of traffic, {traffic['mode']} {traffic['candidate']} {traffic['share']:g}%"
@@ -847,6 +874,27 @@ def deployments(ctx: click.Context, as_json: bool) -> None:
     if traffic:
         split += f" ({describe_split(traffic)})"
     console.print(f"{live.name}@{live.version} ({live.ref}) at {live.url} · pid {live.pid} · {split}", soft_wrap=True)
+
+
+def _deployed_elsewhere(project: Project) -> str | None:
+    """What the line's container or Kubernetes target serves (`deploy.target`), in one line."""
+    from conveyor import config as config_module
+    from conveyor.deploy import container, kubernetes
+
+    settings = config_module.load(project.root, project.state_dir)
+    if settings.deploy.target == "container":
+        name = settings.deploy.container.name or settings.model.name
+        running = [c for c in container.containers(name, engine=settings.deploy.container.engine) if c.running]
+        if not running:
+            return f"deploy.target container: no container of '{name}' is running."
+        return (f"deploy.target container: {running[0].name} serves "
+                f"{container.serving_ref(project.state_dir, name, running[0])} at {running[0].url} "
+                f"(`conveyor containers list --name {name}`)")
+    if settings.deploy.target == "kubernetes":
+        name = settings.deploy.kubernetes.name or settings.model.name
+        image = kubernetes.applied_image(name, state_dir=project.state_dir)
+        return f"deploy.target kubernetes: deployment/{name} was last applied with {image or 'nothing yet'}."
+    return None
 
 
 @deployments.command("stop")

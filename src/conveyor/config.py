@@ -225,11 +225,59 @@ class ShadowConfig:
             raise ValueError(f"share: must be a percentage in (0, 100], not {self.share}")
 
 
+_IMAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class ContainerTargetConfig:
+    """`deploy.container`: where `deploy.target: container` runs the model image (`name`: the
+    deployment, default the model's name; its host port is `deploy.port`, then the next one in turn)."""
+
+    __pydantic_config__ = _STRICT
+
+    engine: Literal["podman", "docker"] = "podman"
+    name: str | None = None
+    ready_timeout_s: float = defaults.CONTAINER_READY_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.name is not None and not _IMAGE_NAME.fullmatch(self.name):
+            raise ValueError(f"name: '{self.name}' must be lower-case letters, digits, '.', '_' and '-'")
+        if self.ready_timeout_s <= 0:
+            raise ValueError(f"ready_timeout_s: must be positive, not {self.ready_timeout_s}")
+
+
+@dataclass(frozen=True)
+class KubernetesTargetConfig:
+    """`deploy.kubernetes`: the Deployment `deploy.target: kubernetes` applies. The image is pushed
+    to `registry` (REGISTRY/REPO) first, since a cluster pulls it from there."""
+
+    __pydantic_config__ = _STRICT
+
+    name: str | None = None
+    registry: str | None = None
+    tls_verify: bool = True
+    replicas: int = 2
+    max_replicas: int | None = None
+    disruption_budget: bool = False
+    kubectl: str = "kubectl"
+    rollout_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.name is not None and not _IMAGE_NAME.fullmatch(self.name):
+            raise ValueError(f"name: '{self.name}' must be lower-case letters, digits, '.', '_' and '-'")
+        if self.replicas < 1:
+            raise ValueError(f"replicas: must be at least 1, not {self.replicas}")
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ValueError(f"max_replicas: must be at least replicas ({self.replicas}), not {self.max_replicas}")
+        if self.rollout_timeout_s <= 0:
+            raise ValueError(f"rollout_timeout_s: must be positive, not {self.rollout_timeout_s}")
+
+
 @dataclass(frozen=True)
 class DeployConfig:
     __pydantic_config__ = _STRICT
 
-    target: Literal["local"] = "local"
+    target: Literal["local", "container", "kubernetes"] = "local"
     host: str = defaults.HOST
     port: int = defaults.PORT
     workers: int = defaults.DEPLOY_WORKERS
@@ -238,6 +286,8 @@ class DeployConfig:
     canary: CanaryConfig = field(default_factory=CanaryConfig)
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
     predictions_need_token: bool = False
+    container: ContainerTargetConfig = field(default_factory=ContainerTargetConfig)
+    kubernetes: KubernetesTargetConfig = field(default_factory=KubernetesTargetConfig)
 
     def __post_init__(self) -> None:
         if not 1 <= self.port <= 65535:

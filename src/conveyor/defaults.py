@@ -100,3 +100,6 @@ GC_KEEP_LAST_RUNS = 10
 
 REMOTE_JOBS = 8
 """Batches of objects a push or pull keeps in flight (`--jobs`)."""
+
+CONTAINER_READY_TIMEOUT_S = 120.0
+"""How long the container target waits for a new container to answer /readyz."""

@@ -313,6 +313,9 @@ class _Line:
         if production is None or digest is None:
             self._skip_rest("no production version yet", ("deploy", "deploy"))
             return
+        if self.config.deploy.target != "local":
+            self._deploy_elsewhere(production)
+            return
         from conveyor.deploy import local
 
         step = self._start("deploy", "deploy")
@@ -328,6 +331,19 @@ class _Line:
                                           follow_interval_s=self.config.deploy.follow_interval_s,
                                           predictions_need_token=self.config.deploy.predictions_need_token)
         self._finish(step, "ran", f"v{deployment.version} is live at {deployment.url}", url=deployment.url)
+
+    def _deploy_elsewhere(self, production: int) -> None:
+        """Put production live on the container or Kubernetes target (`deploy.target`)."""
+        from conveyor.deploy import targets
+
+        step = self._start("deploy", "deploy")
+        version = self.registry.get(self.config.model.name, production)
+        if self.config.deploy.target == "container":
+            assert self.options.port is not None, "run_line resolves it"
+            placed = targets.to_container(self.project, self.config, self.registry, version, port=self.options.port)
+        else:
+            placed = targets.to_kubernetes(self.project, self.config, self.registry, version)
+        self._finish(step, "ran" if placed.changed else "cached", placed.summary, url=placed.url)
 
     # -- the whole line ----------------------------------------------------------------
     def execute(self) -> None:

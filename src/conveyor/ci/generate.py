@@ -91,6 +91,7 @@ def render(root: Path, engine: Engine, *, deploy: bool = False) -> Generated:
         remote=config.remote is not None,
         tests=config.tests is not None,
         deploy=deploy,
+        production=f"{config.model.name}@{defaults.PRODUCTION_ALIAS}",
         python=PYTHON,
         locks=locks,
         hash_files=", ".join(_github_str(name) for name in locks or [defaults.CONFIG_FILE]),

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -67,17 +68,33 @@ def _steps(value: str | None) -> tuple[float, ...] | None:
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="Port of the local server (default: deploy.port).")
 @click.option("--workers", type=click.IntRange(1, 64), default=None,
               help="Worker processes when a server is started (default: deploy.workers).")
+@click.option("--target", type=click.Choice(["local", "container", "kubernetes"]), default=None,
+              help="local: the server on this machine; container: the model's image run by podman or docker "
+                   "(deploy.container); kubernetes: the image pushed and applied with kubectl "
+                   "(deploy.kubernetes). Default: deploy.target.")
+@click.option("--dry-run", is_flag=True, help="kubernetes: only render the manifests (print them, or write --output).")
+@click.option("--output", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="kubernetes --dry-run: directory for the manifests.")
+@click.option("--push", metavar="REGISTRY/REPO", default=None,
+              help="kubernetes: where to push the image (default: deploy.kubernetes.registry).")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 def deploy(ref: str, strategy: str | None, steps: str | None, interval_s: float | None, min_requests: int | None,
            max_error_rate: float | None, max_p99_ms: float | None, max_disagreement: float | None,
-           shadow_share: float | None, alias: str, port: int | None, workers: int | None, as_json: bool) -> None:
-    """Serve REF on the local server: start it in the background, or switch the running one without downtime.
+           shadow_share: float | None, alias: str, port: int | None, workers: int | None, target: str | None,
+           dry_run: bool, output: Path | None, push: str | None, as_json: bool) -> None:
+    """Serve REF: on the local server (default), in a container, or on Kubernetes, without downtime.
 
     With the replace strategy (default), REF is NAME@ALIAS (the server follows
     the alias: a promotion or `conveyor rollback` is live within a second) or
     NAME@VERSION (pinned); the new version is loaded and warmed beside the old
     one and swapped in on every worker. With canary or shadow, REF is the
     candidate NAME@VERSION and the server must follow NAME@ALIAS already.
+
+    With --target container, REF's image is built (only the model layer when
+    the dependencies are unchanged); a running container with the same
+    dependencies gets the new model by hot swap, else a new container takes
+    over once it answers /readyz (`conveyor containers rollback` undoes either).
+    With --target kubernetes, the image is pushed and the manifests applied.
 
     \b
     Examples:
@@ -86,6 +103,9 @@ def deploy(ref: str, strategy: str | None, steps: str | None, interval_s: float 
       conveyor deploy iris@4 --strategy canary --steps 10,50,100 --interval 30 --max-error-rate 0.01
       conveyor deploy iris@4 --strategy canary --max-disagreement 0.05
       conveyor deploy iris@4 --strategy shadow --shadow-share 50 --interval 60
+      conveyor deploy iris@production --target container --port 8080
+      conveyor deploy iris@production --target kubernetes --dry-run --output k8s/
+      conveyor deploy iris@production --target kubernetes --push registry.example.com/ml/iris
     """
     from conveyor import config as config_module
     from conveyor.deploy import local
@@ -95,16 +115,26 @@ def deploy(ref: str, strategy: str | None, steps: str | None, interval_s: float 
     config = config_module.load(project.root, project.state_dir)
     registry_url = _registry_url(project, config.registry)
     chosen = strategy or config.deploy.strategy
+    where = target or config.deploy.target
+    if where != "kubernetes" and (dry_run or output or push):
+        raise click.UsageError("--dry-run, --output and --push apply to --target kubernetes")
+    if where != "local" and chosen != "replace":
+        raise click.UsageError(f"the {chosen} strategy runs on the local server; the {where} target replaces "
+                               "(hot swap or a new container/rollout): pass --strategy replace")
     with Registry(registry_url, create=False) as registry:
-        target = registry.resolve(ref)  # a reference that names nothing fails here, before any server is touched
+        version = registry.resolve(ref)  # a reference that names nothing fails here, before anything is touched
+        if where != "local":
+            _place(project, config, registry, version, where, port=_port(port, config.deploy.port), dry_run=dry_run,
+                   output=output, push=push, as_json=as_json)
+            return
         if chosen != "replace":
-            _roll_out(project, config, registry, target, chosen, alias, as_json, steps=_steps(steps),
+            _roll_out(project, config, registry, version, chosen, alias, as_json, steps=_steps(steps),
                       interval_s=interval_s, min_requests=min_requests, max_error_rate=max_error_rate,
                       max_p99_ms=max_p99_ms, max_disagreement=max_disagreement, shadow_share=shadow_share)
             return
     started = time.perf_counter()
     live = local.ensure_serving(project, ref, host=config.deploy.host, port=_port(port, config.deploy.port),
-                                registry_url=registry_url, expected_digest=target.digest,
+                                registry_url=registry_url, expected_digest=version.digest,
                                 workers=workers or config.deploy.workers,
                                 follow_interval_s=config.deploy.follow_interval_s,
                                 predictions_need_token=config.deploy.predictions_need_token)
@@ -114,6 +144,26 @@ def deploy(ref: str, strategy: str | None, steps: str | None, interval_s: float 
                                "url": live.url, "pid": live.pid, "seconds": round(took, 3)}, indent=2))
         return
     click.echo(f"{live.ref}: {live.name}@{live.version} is live at {live.url} (pid {live.pid}, {took:.2f}s)")
+
+
+def _place(project: Project, config: Any, registry: Any, version: Any, where: str, *, port: int, dry_run: bool,
+           output: Path | None, push: str | None, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from conveyor.deploy import targets
+
+    say = (lambda _line: None) if as_json else (lambda line: click.echo(f"  {line}", err=True))
+    started = time.perf_counter()
+    if where == "container":
+        placed = targets.to_container(project, config, registry, version, port=port, progress=say)
+    else:
+        placed = targets.to_kubernetes(project, config, registry, version, dry_run=dry_run, output=output, push=push,
+                                       progress=say)
+    took = time.perf_counter() - started
+    if as_json:
+        click.echo(json.dumps({**asdict(placed), "seconds": round(took, 3)}, indent=2))
+    elif not (dry_run and output is None):  # the manifests themselves are the output
+        click.echo(f"{placed.summary} ({took:.2f}s)")
 
 
 def _roll_out(project: Project, config: Any, registry: Any, target: Any, strategy: str, alias: str, as_json: bool,

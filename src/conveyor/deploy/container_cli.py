@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import click
 
 _ENGINE = click.option("--engine", type=click.Choice(["podman", "docker"]), default="podman", show_default=True,
                        help="Container engine.")
 _NAME = click.option("--name", "deployment", default="conveyor", show_default=True, help="Deployment name.")
+
+
+def _state_dir() -> Path | None:
+    """The project's state directory when run inside one (hot swaps and the token live there)."""
+    from conveyor.exceptions import NotAProjectError
+    from conveyor.project import Project
+
+    try:
+        return Project.find().state_dir
+    except NotAProjectError:
+        return None
 
 
 @click.group("containers")
@@ -41,7 +53,8 @@ def deploy(image: str, deployment: str, port: int, timeout_s: float, engine: str
     """
     from conveyor.deploy import container
 
-    switch = container.deploy(image, deployment=deployment, port=port, engine=engine, timeout_s=timeout_s)
+    switch = container.deploy(image, deployment=deployment, port=port, engine=engine, timeout_s=timeout_s,
+                              state_dir=_state_dir())
     replaced = f"; {switch.replaced.name} stopped, kept for rollback" if switch.replaced else ""
     click.echo(f"{deployment}: {switch.serving.name} ({image}) serving at {switch.serving.url}{replaced}")
 
@@ -52,7 +65,8 @@ def deploy(image: str, deployment: str, port: int, timeout_s: float, engine: str
               help="Seconds the previous container has to answer /readyz.")
 @_ENGINE
 def rollback(deployment: str, timeout_s: float, engine: str) -> None:
-    """Start the previous container again and stop the serving one once it is ready.
+    """Undo the last change: swap the serving container back to its previous model, or, when its
+    model was never swapped, start the previous container again and stop the serving one once it is ready.
 
     \b
     Example:
@@ -60,8 +74,12 @@ def rollback(deployment: str, timeout_s: float, engine: str) -> None:
     """
     from conveyor.deploy import container
 
-    switch = container.rollback(deployment, engine=engine, timeout_s=timeout_s)
-    click.echo(f"{deployment}: rolled back to {switch.serving.name} ({switch.serving.image}) at {switch.serving.url}")
+    undone = container.rollback(deployment, engine=engine, timeout_s=timeout_s, state_dir=_state_dir())
+    if isinstance(undone, container.Swap):
+        click.echo(f"{deployment}: {undone.container.name} swapped back from {undone.before} to "
+                   f"{undone.after} at {undone.container.url}")
+        return
+    click.echo(f"{deployment}: rolled back to {undone.serving.name} ({undone.serving.image}) at {undone.serving.url}")
 
 
 @containers.command("list")
@@ -77,9 +95,12 @@ def list_(deployment: str, as_json: bool, engine: str) -> None:
     """
     from conveyor.deploy import container
 
+    state_dir = _state_dir()
     found = container.containers(deployment, engine=engine)
     if as_json:
-        click.echo(json.dumps([asdict(c) for c in found], indent=2))
+        click.echo(json.dumps([{**asdict(c), "model": container.serving_ref(state_dir, deployment, c)}
+                               for c in found], indent=2))
         return
     for c in found:
-        click.echo(f"{c.name:<22} {'serving' if c.running else 'stopped':<8} {c.url:<24} {c.image}")
+        click.echo(f"{c.name:<22} {'serving' if c.running else 'stopped':<8} {c.url:<24} "
+                   f"{container.serving_ref(state_dir, deployment, c):<14} {c.image}")

@@ -86,9 +86,14 @@ def render(image: str, name: str, *, replicas: int = 2, resources: Resources = R
 
 
 def to_yaml(documents: list[dict[str, Any]]) -> str:
+    """The documents as one YAML stream, written out in full (no `&id001` anchors for shared labels)."""
     import yaml
 
-    return "---\n".join(yaml.safe_dump(doc, sort_keys=False) for doc in documents)
+    class _Plain(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    return "---\n".join(yaml.dump(doc, Dumper=_Plain, sort_keys=False) for doc in documents)
 
 
 def _history(state_dir: Path, name: str) -> Path:
@@ -122,6 +127,19 @@ def apply(documents: list[dict[str, Any]], name: str, *, state_dir: Path, kubect
         path.rename(path.with_suffix(".failed"))  # not a set to roll back to
         raise
     return path
+
+
+def applied_image(name: str, *, state_dir: Path) -> str | None:
+    """The image of the newest set of manifests applied (and not rolled back) for `name`, if any."""
+    import yaml
+
+    applied = sorted(p for p in _history(state_dir, name).glob("*.yaml") if p.stem.isdigit())
+    if not applied:
+        return None
+    for doc in yaml.safe_load_all(applied[-1].read_text(encoding="utf-8")):
+        if isinstance(doc, dict) and doc.get("kind") == "Deployment":
+            return str(doc["spec"]["template"]["spec"]["containers"][0]["image"])
+    return None
 
 
 def rollback(name: str, *, state_dir: Path, kubectl: str = "kubectl", timeout_s: float = 300.0) -> Path:

@@ -47,23 +47,21 @@ def package(ref: str, builder: str, no_build: bool, push: str | None, tls_verify
       conveyor package iris@3 --no-build --output build/iris
     """
     from conveyor import config as config_module
-    from conveyor.packaging.package import package as package_version
+    from conveyor.packaging import package as packaging
     from conveyor.project import Project
-    from conveyor.registry import Registry, parse_ref
+    from conveyor.registry import Registry
     from conveyor.store import ArtifactStore
 
     project = Project.find()
     settings = config_module.load(project.root, project.state_dir)
-    name, selector = parse_ref(ref)
     with Registry(os.environ.get("CONVEYOR_REGISTRY_URL") or settings.registry
                   or project.default_registry_url, create=False) as registry:
-        made = package_version(
+        made = packaging.package(
             project, registry, ArtifactStore(project.cache_dir), ref,
-            output=output or project.state_dir / "package" / f"{name}-{selector or 'latest'}",
-            cache_dir=Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "conveyor",
-            base_image=base_image or os.environ.get("CONVEYOR_BASE_IMAGE") or settings.package.base_image,
-            python=settings.package.python, builder=builder, build=not no_build, tag=tag, push=push,
-            tls_verify=tls_verify, runtime=runtime or settings.package.runtime,
+            output=output or packaging.context_dir(project, ref), cache_dir=packaging.cache_dir(),
+            base_image=packaging.configured_base_image(settings, base_image), python=settings.package.python,
+            builder=builder, build=not no_build, tag=tag, push=push, tls_verify=tls_verify,
+            runtime=runtime or settings.package.runtime,
         )
     if as_json:
         click.echo(json.dumps(made.as_dict(), indent=2))

@@ -82,7 +82,7 @@ def version_record(version: ModelVersion) -> str:
     return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
 
 
-def _copy_tree(source: Path, dest: Path, skip: tuple[str, ...] = ()) -> None:
+def copy_readable(source: Path, dest: Path, skip: tuple[str, ...] = ()) -> None:
     """Copy with hard links where the file system allows (the runtime tree is large), keeping mtimes.
 
     Everything ends up readable by all (directories 0755): the image's non-root user reads it,
@@ -115,9 +115,9 @@ def write(output: Path, *, text: str, runtime_tree: Path, conveyor_dir: Path, mo
     if output.exists():
         shutil.rmtree(output)
     output.mkdir(parents=True)
-    _copy_tree(runtime_tree, output / "runtime", skip=(".complete",))
-    _copy_tree(conveyor_dir, output / "conveyor", skip=("__pycache__", "*.pyc", "templates"))
-    _copy_tree(model_dir, output / "app" / Path(runtime.MODEL_DIR).name)
+    copy_readable(runtime_tree, output / "runtime", skip=(".complete",))
+    copy_readable(conveyor_dir, output / "conveyor", skip=("__pycache__", "*.pyc", "templates"))
+    copy_readable(model_dir, output / "app" / Path(runtime.MODEL_DIR).name)
     (output / "app" / Path(runtime.VERSION_FILE).name).write_text(version_record(version), encoding="utf-8")
     if expected_digest is not None:
         (output / "app" / Path(runtime.SERVING_FILE).name).write_text(

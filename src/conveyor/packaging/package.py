@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,7 @@ from conveyor.packaging import context, runtime_deps, serving_form
 from conveyor.store import hash_bytes, hash_path
 
 if TYPE_CHECKING:
+    from conveyor.config import Config
     from conveyor.project import Project
     from conveyor.registry import ModelVersion, Registry
     from conveyor.store import ArtifactStore
@@ -27,6 +29,10 @@ _MODEL_FILE = "Dockerfile.model"
 
 LABEL_PREFIX = "io.conveyor.model"
 """Prefix of the labels naming the model version an image serves."""
+
+RUNTIME_LABEL = "io.conveyor.runtime"
+"""Key of an image's shared layers (base, packages, Conveyor): images with the same key differ only in
+the model, so the container target hot-swaps a running container to the other's model."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,9 @@ def package(
     version = registry.resolve(ref)
     serving: serving_form.ServingForm | None = None
     if runtime == "onnx" and version.flavor != "onnx":  # an ONNX model is its own serving form
-        serving, model_dir, _converted_now = serving_form.ensure(registry, store, project.models_dir, version)
+        serving, model_dir, converted_now = serving_form.ensure(registry, store, project.models_dir, version)
+        if converted_now:  # the image's version record names its form: a container it is swapped into checks it
+            version = registry.get(version.name, version.version)
     else:
         model_dir = materialize(store, project.models_dir, version.digest)
     metadata = read_metadata(model_dir)
@@ -134,6 +142,7 @@ def package(
     # model-only rebuild builds one COPY instead of making the builder re-hash the packages to find its cache.
     runtime_key = hash_bytes("\n".join([runtime_text, tree.name, hash_path(conveyor_dir)]).encode())[:16]
     runtime_image = f"localhost/conveyor-runtime:{runtime_key}"
+    image_labels[RUNTIME_LABEL] = runtime_key
     dockerfile = context.write(
         output, text=context.dockerfile(base_image, python, image_labels), runtime_tree=tree,
         conveyor_dir=conveyor_dir, model_dir=model_dir, version=version,
@@ -165,3 +174,21 @@ def package(
     registry.record_image(version.name, version.version, record)
     return Packaged(**{**asdict(made), "builder": chosen, "tag": name, "image_id": image_id,
                        "layers": builders.layers(chosen, image_id), "pushed": pushed})
+
+
+def cache_dir() -> Path:
+    """Where prepared runtime packages are kept between builds (shared by every project)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "conveyor"
+
+
+def context_dir(project: Project, ref: str) -> Path:
+    """The default build context directory of `ref`."""
+    from conveyor.registry import parse_ref
+
+    name, selector = parse_ref(ref)
+    return project.state_dir / "package" / f"{name}-{selector or 'latest'}"
+
+
+def configured_base_image(settings: Config, flag: str | None = None) -> str | None:
+    """The base image: flag > CONVEYOR_BASE_IMAGE > `package.base_image` (None: a slim Python)."""
+    return flag or os.environ.get("CONVEYOR_BASE_IMAGE") or settings.package.base_image

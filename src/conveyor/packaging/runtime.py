@@ -1,10 +1,15 @@
-"""What a packaged image runs: serve the one model version baked into it.
+"""What a packaged image runs: serve the model version baked into it, or one swapped in since.
 
 The image holds no registry and no artifact store: only the model directory
-and the version record it came from (`version.json`). The directory is
-re-hashed at start, so an image whose model was altered refuses to serve.
-An image serving the version's ONNX form (`package.runtime: onnx`) also holds
-`serving.json`, naming the digest the directory must have instead.
+and the version record it came from (`version.json`). The container target
+can hot-swap a later version with the same dependencies into a running
+container: it mounts a directory (read-only, at `SWAPPED_DIR`) holding that
+version's record and model directory and asks the server to `/-/deploy` it.
+Every model directory is re-hashed before it is loaded, so an altered one
+refuses to serve. An image serving ONNX forms (`package.runtime: onnx`) also
+holds `serving.json`, naming the digest its model directory has instead of the
+version's; a version swapped into it is checked against the ONNX form its
+record names (`lineage.serving`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import time
 from datetime import datetime
@@ -29,11 +35,20 @@ MODEL_DIR = "/app/model"
 VERSION_FILE = "/app/version.json"
 """Where the image keeps the model version's record."""
 
+PORT = 8080
+"""Port the image's server listens on (EXPOSEd)."""
+
 SERVING_FILE = "/app/serving.json"
 """Where an image serving another form of the version than its own keeps that form's digest."""
 
-PORT = 8080
-"""Port the image's server listens on (EXPOSEd)."""
+SWAPPED_DIR = "/var/lib/conveyor/models"
+"""Where the container target mounts hot-swapped versions: `NAME@VERSION/{version.json,model/}`, and
+`current` naming the one to serve when the container starts again."""
+
+CURRENT_FILE = "current"
+"""The file in `SWAPPED_DIR` naming the version a restarted container serves."""
+
+_PINNED_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*@[0-9]+$")
 
 
 def read_version(path: Path) -> ModelVersion:
@@ -43,33 +58,85 @@ def read_version(path: Path) -> ModelVersion:
     return ModelVersion(**data)
 
 
-class BakedSource(ModelSource):
-    """A model source that always answers with the version baked into the image."""
+class ImageSource(ModelSource):
+    """The version baked into the image, and the versions swapped into `swapped_dir` since."""
 
-    def __init__(self, version: ModelVersion, model_dir: Path, expected_digest: str | None = None) -> None:
+    def __init__(self, version: ModelVersion, model_dir: Path, swapped_dir: Path | None = None, *,
+                 expected_digest: str | None = None) -> None:
         self.version = version
         self.model_dir = model_dir
+        self.swapped_dir = swapped_dir
         self.ref = version.ref
-        self.expected_digest = expected_digest or version.digest
+        self.expected_digest = expected_digest  # the baked ONNX form's, when the image serves ONNX forms
 
     def resolve(self, ref: str | None = None) -> ModelVersion:
-        if ref not in (None, self.ref, f"{self.version.name}@{self.version.version}"):
-            raise ServingError(f"this image serves only {self.ref}; package {ref} as an image of its own")
-        return self.version
+        if ref in (None, self.ref, f"{self.version.name}@{self.version.version}"):
+            return self.version
+        record = self._swapped(ref)
+        if record is None:
+            raise ServingError(f"this container serves {self.ref} and the versions `conveyor deploy --target "
+                               f"container` copied into {SWAPPED_DIR}; {ref} is not one of them")
+        return read_version(record / Path(VERSION_FILE).name)
+
+    def _swapped(self, ref: str | None) -> Path | None:
+        if self.swapped_dir is None or ref is None or not _PINNED_REF.match(ref):
+            return None
+        record = self.swapped_dir / ref
+        return record if (record / Path(VERSION_FILE).name).is_file() else None
+
+    def _model_dir(self, version: ModelVersion) -> Path:
+        if version == self.version:
+            return self.model_dir
+        swapped = self._swapped(version.ref)
+        if swapped is None:
+            raise ServingError(f"{version.ref} is not in {SWAPPED_DIR}")
+        return swapped / "model"
+
+    def _digest(self, version: ModelVersion) -> str:
+        """The digest `version`'s model directory must have here: its own, or in an image serving
+        ONNX forms, that of the form (`serving.json` for the baked one, the record's lineage for others)."""
+        if self.expected_digest is None:
+            return version.digest
+        if version == self.version:
+            return self.expected_digest
+        from conveyor.packaging.serving_form import recorded
+
+        form = recorded(version)
+        if form is None:
+            raise ServingError(f"{version.ref} has no ONNX form recorded, and this image serves ONNX forms; "
+                               "package it with package.runtime: onnx")
+        return form.digest
 
     def load(self, version: ModelVersion) -> Served:
         started = time.perf_counter()
-        actual = hash_path(self.model_dir)
-        if actual != self.expected_digest:
-            raise IntegrityError(f"model directory {self.model_dir}", self.expected_digest, actual)
+        model_dir = self._model_dir(version)
+        expected = self._digest(version)
+        actual = hash_path(model_dir)
+        if actual != expected:
+            raise IntegrityError(f"model directory {model_dir}", expected, actual)
         try:
-            model = load_model(self.model_dir)
+            model = load_model(model_dir)
             model.warm()
         except ConveyorError:
             raise
         except Exception as exc:
             raise ServingError(f"{version.ref} cannot be served: {type(exc).__name__}: {exc}") from exc
         return Served(version, model, time.time(), load_seconds=time.perf_counter() - started)
+
+    def first(self) -> ModelVersion:
+        """What to serve at start: the version the container target swapped in last, else the baked one."""
+        if self.swapped_dir is None:
+            return self.version
+        try:
+            ref = (self.swapped_dir / CURRENT_FILE).read_text(encoding="utf-8").strip()
+        except OSError:
+            return self.version
+        try:
+            return self.resolve(ref)
+        except (ConveyorError, OSError, ValueError) as exc:
+            logging.getLogger(__name__).error("%s names %s, which cannot be read (%s); serving %s",
+                                              self.swapped_dir / CURRENT_FILE, ref, exc, self.ref)
+            return self.version
 
 
 def read_expected_digest(path: Path) -> str | None:
@@ -83,7 +150,8 @@ def read_expected_digest(path: Path) -> str | None:
 
 
 def main() -> None:
-    """Load, verify and serve the baked model on 0.0.0.0:$PORT until SIGTERM/SIGINT."""
+    """Load, verify and serve the model (the one swapped in last, else the baked one) on 0.0.0.0:$PORT
+    until SIGTERM/SIGINT."""
     import uvicorn
 
     from conveyor.serving.app import ServingApp
@@ -91,9 +159,19 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        source = BakedSource(read_version(Path(VERSION_FILE)), Path(os.environ.get("CONVEYOR_MODEL_DIR", MODEL_DIR)),
-                             read_expected_digest(Path(SERVING_FILE)))
-        served = source.load(source.version)
+        swapped = Path(os.environ.get("CONVEYOR_SWAPPED_DIR", SWAPPED_DIR))
+        source = ImageSource(read_version(Path(VERSION_FILE)), Path(os.environ.get("CONVEYOR_MODEL_DIR", MODEL_DIR)),
+                             swapped if swapped.is_dir() else None,
+                             expected_digest=read_expected_digest(Path(SERVING_FILE)))
+        first = source.first()
+        try:
+            served = source.load(first)
+        except ConveyorError as exc:
+            if first == source.version:
+                raise
+            logging.getLogger(__name__).error("cannot serve %s (%s); serving %s", first.ref, exc, source.ref)
+            first, served = source.version, source.load(source.version)
+        source.ref = first.ref
     except (ConveyorError, OSError, ValueError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(1)
