@@ -250,3 +250,34 @@ def test_the_line_pushes_and_applies_to_kubernetes_with_stand_in_kubectl(
     assert steps["deploy"]["status"] == "cached", steps["deploy"]
     assert len(log.read_text().splitlines()) == 2
     _podman("rmi", "--force", "--ignore", f"{repository}:1", "conveyor/iris:1", check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("containers")
+def test_an_onnx_container_hot_swaps_the_next_versions_onnx_form(
+        tmp_path: Path, podman_env: dict[str, str], deployment: str) -> None:  # noqa: F811
+    from conveyor import load_model
+
+    port = _free_port(2)
+    root = _project(tmp_path, {"target": "container", "port": port,
+                               "container": {"name": deployment, "ready_timeout_s": READY_TIMEOUT_S}})
+    config = yaml.safe_load((root / "conveyor.yaml").read_text())
+    config["package"] = {"runtime": "onnx"}
+    (root / "conveyor.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    commit_all(root, "serve with onnxruntime")
+
+    steps = _line(root)
+    assert steps["serving form"]["status"] == "ran" and steps["deploy"]["status"] == "ran", steps["deploy"]
+    url = f"http://127.0.0.1:{port}"
+    assert httpx.get(f"{url}/readyz", timeout=10).json()["model"]["flavor"] == "onnx"
+    [first] = container.containers(deployment)
+    assert first.labels["io.conveyor.model.runtime"] == "onnx"
+
+    _new_model(root, "0.5")
+    steps = _line(root)
+    assert "hot-swapped" in str(steps["deploy"]["summary"]), steps["deploy"]
+    assert _version(url) == "2" and [c.name for c in container.containers(deployment)] == [first.name]
+    digest = json.loads(_conveyor(root, "models", "lineage", "iris@2", "--json"))["digest"]
+    native = load_model(root / ".conveyor" / "models" / digest.removesuffix(".dir"))
+    answer = httpx.post(f"{url}/predict", json=ROWS, timeout=30).json()
+    assert answer["predictions"] == native.predict(ROWS["rows"]).tolist()
