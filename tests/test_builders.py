@@ -22,7 +22,7 @@ from test_packaging import (  # noqa: F401
     podman_env,
 )
 
-from conveyor.packaging.package import RUNTIME_LABEL, package
+from conveyor.packaging.package import SHARED_LAYERS_LABEL, package
 from conveyor.project import Project
 from conveyor.registry import Registry
 from conveyor.store import ArtifactStore
@@ -51,7 +51,7 @@ def test_buildah_builds_every_layer_and_the_image_serves(
                        tag=tag, use_cache=False)
     assert made.builder == "buildah" and len(made.layers) >= 5  # base, venv + user, packages, Conveyor, model
     info = json.loads(_podman("image", "inspect", tag).stdout)[0]
-    assert info["Labels"][RUNTIME_LABEL] == made.labels[RUNTIME_LABEL]
+    assert info["Labels"][SHARED_LAYERS_LABEL] == made.labels[SHARED_LAYERS_LABEL]
     assert "/healthz" in " ".join(info["Healthcheck"]["Test"])  # docker format keeps the HEALTHCHECK
 
     name, port = f"conveyor-test-{uuid.uuid4().hex[:8]}", _free_port()

@@ -33,7 +33,7 @@ from conveyor import auth
 from conveyor.exceptions import ConveyorError
 from conveyor.packaging import runtime
 from conveyor.packaging.context import copy_readable
-from conveyor.packaging.package import LABEL_PREFIX, RUNTIME_LABEL
+from conveyor.packaging.package import LABEL_PREFIX, SHARED_LAYERS_LABEL
 
 LABEL = "io.conveyor.deployment"
 """Label naming the deployment a container belongs to."""
@@ -69,9 +69,9 @@ class Container:
         return f"{self.labels.get(f'{LABEL_PREFIX}.name', '?')}@{self.labels.get(f'{LABEL_PREFIX}.version', '?')}"
 
     @property
-    def runtime_key(self) -> str | None:
-        """Key of the image's shared layers (`conveyor.packaging.package.RUNTIME_LABEL`)."""
-        return self.labels.get(RUNTIME_LABEL)
+    def shared_layers_key(self) -> str | None:
+        """Key of the image's shared layers (`conveyor.packaging.package.SHARED_LAYERS_LABEL`)."""
+        return self.labels.get(SHARED_LAYERS_LABEL)
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ def hot_swap(deployment: str, app_dir: Path, ref: str, *, state_dir: Path, engin
              timeout_s: float = 120.0) -> Swap:
     """Serve `ref` (NAME@VERSION, its image's `app/` directory at `app_dir`) in the running container.
 
-    The caller checks that the version's image has the running one's `runtime_key`: the container
+    The caller checks that the version's image has the running one's `shared_layers_key`: the container
     already has every package the model needs. The model is re-hashed by the container before it
     is loaded; the old version answers until the new one is warm.
     """

@@ -74,7 +74,8 @@ def to_container(project: Project, settings: Config, registry: Registry, version
     progress(f"packaging {version.ref} with {options.engine}")
     made = _package(project, settings, registry, version, builder=options.engine)
     assert made.tag is not None, "package() builds when a builder is named"
-    swappable = (running is not None and running.runtime_key == made.labels.get(packaging.RUNTIME_LABEL)
+    swappable = (running is not None
+                 and running.shared_layers_key == made.labels.get(packaging.SHARED_LAYERS_LABEL)
                  and container.swap_dir(project.state_dir, deployment, running.name).is_dir())
     if running is not None and swappable:
         progress(f"same dependencies as {running.name}: hot-swapping the model")

@@ -30,7 +30,7 @@ _MODEL_FILE = "Dockerfile.model"
 LABEL_PREFIX = "io.conveyor.model"
 """Prefix of the labels naming the model version an image serves."""
 
-RUNTIME_LABEL = "io.conveyor.runtime"
+SHARED_LAYERS_LABEL = "io.conveyor.shared-layers"
 """Key of an image's shared layers (base, packages, Conveyor): images with the same key differ only in
 the model, so the container target hot-swaps a running container to the other's model."""
 
@@ -142,7 +142,7 @@ def package(
     # model-only rebuild builds one COPY instead of making the builder re-hash the packages to find its cache.
     runtime_key = hash_bytes("\n".join([runtime_text, tree.name, hash_path(conveyor_dir)]).encode())[:16]
     runtime_image = f"localhost/conveyor-runtime:{runtime_key}"
-    image_labels[RUNTIME_LABEL] = runtime_key
+    image_labels[SHARED_LAYERS_LABEL] = runtime_key
     dockerfile = context.write(
         output, text=context.dockerfile(base_image, python, image_labels), runtime_tree=tree,
         conveyor_dir=conveyor_dir, model_dir=model_dir, version=version,
