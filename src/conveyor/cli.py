@@ -609,7 +609,7 @@ def models_promote(name: str, version: int, alias: str, reason: str, force: bool
         console.print(f"{name}@{alias}: {before} → v{version}{forced}")
         followed = ctx.follow(name, alias)
         if followed:
-            console.print(followed)
+            console.print(followed, soft_wrap=True)
 
 
 @main.command()
@@ -634,7 +634,7 @@ def rollback(name: str, alias: str, reason: str | None) -> None:
         console.print(f"{name}@{alias}: v{move.from_version} → v{move.to_version} (rollback)")
         followed = ctx.follow(name, alias)
         if followed:
-            console.print(followed)
+            console.print(followed, soft_wrap=True)
 
 
 @main.command("gates")
