@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-serving bench-triggers bench-deploy bench-package bench-dashboard bench-data bench-disagreement lint clean
+.PHONY: demo test bench bench-serving bench-triggers bench-deploy bench-package bench-container-swap bench-dashboard bench-data bench-disagreement lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ bench-deploy: $(STAMP)  ## Deploys and rollbacks under load: failed requests (mu
 
 bench-package: $(STAMP)  ## Image build, model-only rebuild and image size (needs podman: scripts/containers.sh).
 	$(BIN)/python benchmarks/package.py
+
+bench-container-swap: $(STAMP)  ## Model-only deploys hot-swapped into a running container under load (needs podman).
+	$(BIN)/python benchmarks/container_swap.py
 
 bench-data: $(STAMP)  ## Data add/status/push/pull vs DVC on moto S3 (installs DVC + dvc-s3 once).
 	$(BIN)/python benchmarks/data.py
