@@ -137,6 +137,12 @@ def test_the_line_deploys_to_a_container_and_hot_swaps_a_model_only_change_under
     out = _conveyor(root, "rollback", "iris")  # one command: the alias moves back and the container follows
     assert "v2 → v1" in out and "iris@1 hot-swapped" in out and _version(url) == "1"
 
+    from conveyor.dashboard.live import live_servers
+    from conveyor.project import Project
+
+    [shown] = live_servers(Project(root))  # what the dashboard's deployments page lists
+    assert (shown.target, shown.ref, shown.version, shown.url, shown.status) == ("container", "iris@1", 1, url, "ready")
+
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("containers")

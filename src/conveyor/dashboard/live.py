@@ -2,9 +2,11 @@
 
 `live_servers` is the one place that knows where deployments are recorded:
 the local target's `.conveyor/server.json`, and, while a canary or shadow
-runs, the split the server reports (`GET /-/state`) as more `Share`s. It reads the record and asks the
-server over HTTP; unlike `deploy.local.current` it never rewrites or removes
-the record, since the dashboard changes nothing.
+runs, the split the server reports (`GET /-/state`) as more `Share`s; with
+`deploy.target: container`, the deployment's running containers (listed by
+the engine, by label). It reads the records and asks the servers over HTTP;
+unlike `deploy.local.current` it never rewrites or removes a record, since
+the dashboard changes nothing.
 
 Request rate, error rate and p99 latency come from the server's Prometheus
 text, parsed with prometheus_client's parser: the rate and the window's
@@ -95,8 +97,51 @@ def _url(host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
+def _served(host: str, port: int) -> tuple[str | None, int | None, str | None] | None:
+    """What a server answers on /version (name, version, digest), or None when it does not answer."""
+    try:
+        code, body = _get(host, port, "/version")
+        served = json.loads(body) if code == 200 else None
+    except (OSError, http.client.HTTPException, ValueError):
+        return None
+    if not isinstance(served, dict) or not isinstance(served.get("version"), int):
+        return None
+    name, digest = served.get("name"), served.get("digest")
+    return (name if isinstance(name, str) else None, served["version"], digest if isinstance(digest, str) else None)
+
+
+def container_servers(project: Project) -> list[LiveServer]:
+    """The container target's running containers (`deploy.target: container`), with what each serves now."""
+    from conveyor import config as config_module
+    from conveyor.deploy import container
+    from conveyor.exceptions import ConveyorError
+
+    try:
+        settings = config_module.load(project.root)  # no state_dir: its parse cache is a write
+        if settings.deploy.target != "container":
+            return []
+        deployment = settings.deploy.container.name or settings.model.name
+        running = [c for c in container.containers(deployment, engine=settings.deploy.container.engine) if c.running]
+    except ConveyorError:
+        return []
+    servers = []
+    for found in running:
+        served = _served("127.0.0.1", found.port)
+        name, version, digest = served if served is not None else (None, None, None)
+        servers.append(LiveServer(
+            target="container", ref=container.serving_ref(project.state_dir, deployment, found), name=name,
+            version=version, digest=digest, url=found.url, pid=0, started_at=found.created,
+            status="ready" if served is not None else "unreachable",
+            traffic=[Share(version, 100.0, "stable")] if version is not None else []))
+    return servers
+
+
 def live_servers(project: Project) -> list[LiveServer]:
-    """The deployments of `project` whose process runs, with what each serves now."""
+    """The deployments of `project` that run, with what each serves now."""
+    return _local_server(project) + container_servers(project)
+
+
+def _local_server(project: Project) -> list[LiveServer]:
     try:
         state = json.loads(project.server_state_path.read_text(encoding="utf-8"))
         host, port, pid = str(state["host"]), int(state["port"]), int(state["pid"])
@@ -104,13 +149,11 @@ def live_servers(project: Project) -> list[LiveServer]:
         return []
     if not alive(pid):
         return []
-    name, version, digest, status = state.get("name"), state.get("version"), state.get("digest"), "unreachable"
-    try:
-        code, body = _get(host, port, "/version")
-        served = json.loads(body) if code == 200 else None
-        if isinstance(served, dict) and isinstance(served.get("version"), int):
-            name, version, digest, status = served.get("name"), served["version"], served.get("digest"), "ready"
-    except (OSError, http.client.HTTPException, ValueError):
+    name, version, digest = state.get("name"), state.get("version"), state.get("digest")
+    served = _served(host, port)
+    if served is not None:
+        (name, version, digest), status = served, "ready"
+    else:
         status = "starting" if state.get("status") == "starting" else "unreachable"
     traffic = [Share(int(version), 100.0, "stable")] if isinstance(version, int) else []
     if status == "ready" and isinstance(version, int) and isinstance(state.get("token"), str):
