@@ -191,7 +191,7 @@ def convert(store: ArtifactStore, models_dir: Path, version: ModelVersion) -> Se
         import onnxruntime  # type: ignore[import-untyped]  # noqa: F401
         import skl2onnx
     except ImportError as exc:
-        missing = f"{exc.name or 'skl2onnx'} is not installed here (pip install skl2onnx onnxruntime)"
+        missing = f"{exc.name or 'skl2onnx'} is not installed here (pip install 'conveyor-ml[onnx-serving]')"
         raise NotConvertible(version.ref, missing) from None
     try:
         native = load_verified(store, models_dir, version.digest)
