@@ -217,6 +217,11 @@ def test_deploy_target_kubernetes_dry_run_writes_valid_manifests_without_buildin
                              capture_output=True, text=True, check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
+    printed = list(yaml.safe_load_all(_conveyor(root, "deploy", "iris@production", "--dry-run")))
+    assert [doc["kind"] for doc in printed] == ["Deployment", "Service", "HorizontalPodAutoscaler",
+                                                "PodDisruptionBudget"]  # stdout is the manifests alone
+    assert printed[0] == deployment
+
 
 def test_deploy_target_kubernetes_without_a_registry_says_what_to_set(tmp_path: Path) -> None:
     root = _project(tmp_path, {"target": "kubernetes"})

@@ -162,7 +162,9 @@ def _place(project: Project, config: Any, registry: Any, version: Any, where: st
     took = time.perf_counter() - started
     if as_json:
         click.echo(json.dumps({**asdict(placed), "seconds": round(took, 3)}, indent=2))
-    elif not (dry_run and output is None):  # the manifests themselves are the output
+    elif placed.manifests is not None:  # a dry run's manifests are the output
+        click.echo(placed.manifests, nl=False)
+    else:
         click.echo(f"{placed.summary} ({took:.2f}s)")
 
 

@@ -15,7 +15,6 @@ its lineage). Then:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ class Placed:
     url: str | None = None
     image: str | None = None
     changed: bool = True
+    manifests: str | None = None  # a dry run without an output directory: the YAML to print
 
 
 Progress = Callable[[str], None]
@@ -111,9 +111,8 @@ def to_kubernetes(project: Project, settings: Config, registry: Registry, versio
         image = str(recorded.get("pushed") or recorded.get("tag") or f"conveyor/{version.name}:{version.version}")
         documents = render(image)
         if output is None:
-            sys.stdout.write(k8s.to_yaml(documents))
-            return Placed("kubernetes", version.ref, f"{version.ref}: manifests for {image} printed (dry run)",
-                          image=image, changed=False)
+            return Placed("kubernetes", version.ref, f"{version.ref}: manifests for {image} (dry run)",
+                          image=image, changed=False, manifests=k8s.to_yaml(documents))
         output.mkdir(parents=True, exist_ok=True)
         for doc in documents:
             (output / f"{str(doc['kind']).lower()}.yaml").write_text(k8s.to_yaml([doc]), encoding="utf-8")
