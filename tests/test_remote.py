@@ -194,6 +194,9 @@ def iris_a(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _clone_runs_from_cache(a: Path, b: Path, env: dict[str, str]) -> None:
     """A pushes; B, a fresh clone of A, pulls and runs: no stage and no test runs again."""
+    only_model = _cli(a, "push", "--model", "iris@1", "--json", env=env)
+    assert only_model.returncode == 0, only_model.stderr
+    assert json.loads(only_model.stdout)["stage_results"] is None  # --run and --model leave them alone
     pushed = _cli(a, "push", "--json", env=env)
     assert pushed.returncode == 0, pushed.stderr
     stages = json.loads(pushed.stdout)["stage_results"]
@@ -324,6 +327,13 @@ def test_push_and_pull_through_s3_on_moto(project: Path, moto_endpoint: str) -> 
     assert _cli(project, "data", "checkout").returncode == 0
     assert data.status(project)[0].digest == expected
     assert _cli(project, "verify", "--remote", env=env).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_runs_from_stage_results_on_s3(iris_a: Path, moto_endpoint: str, tmp_path: Path) -> None:
+    _make_bucket(moto_endpoint, "stage-results")
+    _clone_runs_from_cache(iris_a, tmp_path / "b", {**_s3_env(moto_endpoint),
+                                                    "CONVEYOR_REMOTE": "s3://stage-results/team/iris"})
 
 
 @pytest.mark.slow

@@ -97,8 +97,8 @@ def _parse_result(name: str, text: str) -> _Result:
     if isinstance(created, bool) or not isinstance(created, (int, float)):
         raise ValueError("no created_at")
     if name.startswith("tests-"):
-        passed = entry.get("passed", "absent")
-        if passed is not None and (isinstance(passed, bool) or not isinstance(passed, int)):
+        passed = entry.get("passed")
+        if "passed" not in entry or (passed is not None and (isinstance(passed, bool) or not isinstance(passed, int))):
             raise ValueError("passed is not a count")
         return _Result(None, float(created), [])
     stage, outs = entry.get("stage"), entry.get("outs")
