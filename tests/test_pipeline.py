@@ -154,3 +154,20 @@ def test_corrupt_cached_out_is_rebuilt_then_restorable(tmp_repo: Path) -> None:
     (tmp_repo / "model.txt").unlink()
     assert _run(tmp_repo) == {"prepare": "cached", "train": "restored"}  # and now it can
     assert (tmp_repo / "model.txt").read_text() == "12.0"
+
+
+def test_a_cache_entry_without_its_objects_is_a_miss_or_refills_the_store(tmp_repo: Path) -> None:
+    """What a pulled stage result can look like: the entry is here, its outputs' objects are not."""
+    import shutil
+
+    _run(tmp_repo)
+    store = ArtifactStore(Project(tmp_repo).cache_dir)
+    shutil.rmtree(store.root)
+    assert _run(tmp_repo) == {"prepare": "cached", "train": "cached"}  # the workspace had the outs
+    from conveyor.store import hash_path
+
+    assert store.has(hash_path(tmp_repo / "model.txt")) and store.has(hash_path(tmp_repo / "prepared"))
+    shutil.rmtree(store.root)
+    (tmp_repo / "model.txt").unlink()
+    assert _run(tmp_repo) == {"prepare": "cached", "train": "ran"}  # nothing to restore it from: a miss
+    assert _ran(tmp_repo) == ["prepare", "train", "train"]

@@ -90,7 +90,8 @@ def test_a_directory_remote_moves_only_what_is_missing_and_a_clone_gets_its_data
     assert len(_objects(remote)) == 1  # the 1 MiB file; the 41 small objects went in one pack
     assert len(list((remote / "packs").glob("*.idx"))) == 1
     again = _cli(project, "push", "--remote", str(remote), "--json")
-    assert json.loads(again.stdout) == {"moved": 0, "present": 42, "bytes": 0, "missing": [], "corrupt": []}
+    assert json.loads(again.stdout) == {"moved": 0, "present": 42, "bytes": 0, "missing": [], "corrupt": [],
+                                        "stage_results": {"moved": 0, "present": 0, "invalid": 0, "held_back": 0}}
     expected = data.status(project)[0].digest
     _reset_clone(project)
     pulled = _cli(project, "pull", "--json", env={"CONVEYOR_REMOTE": f"file://{remote}"})
@@ -176,6 +177,106 @@ def test_redact_masks_credentials_from_the_url() -> None:
     assert "s3cr3t" not in with_creds.redact("signature for s3cr3t mismatched (key AKIA123)")
 
 
+# -- stage results ------------------------------------------------------------------------------
+def _entry(stage: str, outs: dict[str, str]) -> str:
+    return json.dumps({"stage": stage, "outs": outs, "created_at": time.time()})
+
+
+@pytest.fixture(scope="module")
+def iris_a(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Project A: the iris example, its line run once, not deployed."""
+    root = tmp_path_factory.mktemp("stage-results") / "a"
+    assert _cli(root.parent, "init", str(root), "--example", "iris").returncode == 0
+    ran = _cli(root, "run", "--no-deploy")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    return root
+
+
+def _clone_runs_from_cache(a: Path, b: Path, env: dict[str, str]) -> None:
+    """A pushes; B, a fresh clone of A, pulls and runs: no stage and no test runs again."""
+    only_model = _cli(a, "push", "--model", "iris@1", "--json", env=env)
+    assert only_model.returncode == 0, only_model.stderr
+    assert json.loads(only_model.stdout)["stage_results"] is None  # --run and --model leave them alone
+    pushed = _cli(a, "push", "--json", env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    stages = json.loads(pushed.stdout)["stage_results"]
+    assert stages["moved"] == 3 and stages["held_back"] == stages["invalid"] == 0  # prepare, train, tests
+    again = _cli(a, "push", "--json", env=env)
+    assert json.loads(again.stdout)["moved"] == 0
+    assert json.loads(again.stdout)["stage_results"] == {"moved": 0, "present": 3, "invalid": 0, "held_back": 0}
+    git(a.parent, "clone", "-q", str(a), str(b))
+    pulled = _cli(b, "pull", env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "Stage results: 3 pulled, 0 already there." in pulled.stdout
+    ran = _cli(b, "run", "--no-deploy", env=env)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    steps = {s["name"]: s for s in json.loads(_cli(b, "runs", "show", "--json").stdout)["steps"]}
+    # The outs are not in B's workspace: they come back from the store, and no command runs.
+    assert {n: s["status"] for n, s in steps.items() if s["kind"] == "stage"} == {
+        "stage:prepare": "restored", "stage:train": "restored"}
+    assert steps["tests"]["status"] == "cached"
+    assert _cli(b, "run", "--no-deploy", env=env).returncode == 0
+    steps = {s["name"]: s for s in json.loads(_cli(b, "runs", "show", "--json").stdout)["steps"]}
+    assert {n: s["status"] for n, s in steps.items() if s["kind"] == "stage"} == {
+        "stage:prepare": "cached", "stage:train": "cached"}
+
+
+def test_a_fresh_clone_pulls_stage_results_and_runs_every_stage_from_cache(iris_a: Path, tmp_path: Path) -> None:
+    _clone_runs_from_cache(iris_a, tmp_path / "b", {"CONVEYOR_REMOTE": str(tmp_path / "remote")})
+
+
+def test_invalid_stage_results_on_the_remote_are_reported_and_never_written(project: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    assert _cli(project, "push", "--remote", str(remote)).returncode == 0
+    digest = data.status(project)[0].digest
+    keys = [hash_bytes(str(i).encode()) for i in range(6)]
+    entries = {
+        f"{keys[0]}.json": _entry("train", {"files": digest}),  # valid
+        f"tests-{keys[1]}.json": json.dumps({"passed": 3, "created_at": 1.0}),  # valid
+        f"{keys[2]}.json": "{not json",
+        f"{keys[3]}.json": json.dumps({"stage": "train", "outs": ["files"], "created_at": 1.0}),
+        f"{keys[4]}.json": _entry("train", {"files": "../../../etc/passwd"}),
+        f"tests-{keys[5]}.json": json.dumps({"passed": "all", "created_at": 1.0}),
+        "params.json": _entry("train", {"files": digest}),
+        f"{keys[0][:40]}.json": _entry("train", {"files": digest}),
+    }
+    (remote / "stages").mkdir()
+    for name, text in entries.items():
+        (remote / "stages" / name).write_text(text)
+    _reset_clone(project)
+    pulled = _cli(project, "pull", "--remote", str(remote), "--json")
+    assert pulled.returncode == 0, pulled.stderr
+    assert json.loads(pulled.stdout)["stage_results"] == {"moved": 2, "present": 0, "invalid": 6, "held_back": 0}
+    local = project / ".conveyor" / "stages"
+    assert sorted(p.name for p in local.iterdir()) == sorted([f"{keys[0]}.json", f"tests-{keys[1]}.json"])
+    assert (local / f"{keys[0]}.json").read_text() == entries[f"{keys[0]}.json"]
+    (local / f"{keys[0]}.json").unlink()
+    again = _cli(project, "pull", "--remote", str(remote))
+    assert again.returncode == 0, again.stderr
+    assert ("Stage results: 1 pulled, 1 already there, 6 invalid and skipped (" in again.stdout
+            and "…)." in again.stdout)
+
+
+def test_a_stage_result_goes_up_only_with_its_outputs_and_only_once(project: Path, tmp_path: Path) -> None:
+    remote = tmp_path / "remote"
+    local = project / ".conveyor" / "stages"
+    local.mkdir()
+    complete = f"{hash_bytes(b'complete')}.json"
+    orphan = f"{hash_bytes(b'orphan')}.json"
+    (local / complete).write_text(_entry("prepare", {"files": data.status(project)[0].digest}))
+    (local / orphan).write_text(_entry("train", {"model.txt": hash_bytes(b"never stored")}))
+    (local / "params.json").write_text(json.dumps({"key": "k", "params": {}}))  # a local cache, not a result
+    first = _cli(project, "push", "--remote", str(remote), "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["stage_results"] == {"moved": 1, "present": 0, "invalid": 0, "held_back": 1}
+    assert sorted(p.name for p in (remote / "stages").iterdir()) == [complete]
+    again = _cli(project, "push", "--remote", str(remote))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == ("Pushed 0 object(s), 0 B; 42 already there. Stage results: 0 pushed, "
+                                    "1 already there, 1 held back (their outputs are not on the remote).")
+    assert sorted(p.name for p in (remote / "stages").iterdir()) == [complete]
+
+
 # -- a real S3 API: moto's server on a free loopback port ----------------------------------------
 @pytest.fixture(scope="module")
 def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -226,6 +327,13 @@ def test_push_and_pull_through_s3_on_moto(project: Path, moto_endpoint: str) -> 
     assert _cli(project, "data", "checkout").returncode == 0
     assert data.status(project)[0].digest == expected
     assert _cli(project, "verify", "--remote", env=env).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_runs_from_stage_results_on_s3(iris_a: Path, moto_endpoint: str, tmp_path: Path) -> None:
+    _make_bucket(moto_endpoint, "stage-results")
+    _clone_runs_from_cache(iris_a, tmp_path / "b", {**_s3_env(moto_endpoint),
+                                                    "CONVEYOR_REMOTE": "s3://stage-results/team/iris"})
 
 
 @pytest.mark.slow

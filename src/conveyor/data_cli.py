@@ -20,7 +20,7 @@ from conveyor.project import Project
 
 if TYPE_CHECKING:
     from conveyor.references import Roots
-    from conveyor.remote import Remote, Transfer
+    from conveyor.remote import Remote, ResultsTransfer, Transfer
     from conveyor.store import ArtifactStore
 
 
@@ -85,12 +85,26 @@ def _select(project: Project, run_id: str | None, model: str | None, everything:
                             references.version_roots(_registry_url(project)))
 
 
-def _report(kind: str, result: Transfer, as_json: bool) -> None:
+def _report(kind: str, result: Transfer, stages: ResultsTransfer | None, as_json: bool) -> None:
+    """The one-line summary (or --json); missing or corrupt objects end it with an error."""
     if as_json:
         click.echo(json.dumps({"moved": result.moved, "present": result.present, "bytes": result.bytes,
-                               "missing": result.missing, "corrupt": result.corrupt}, indent=2))
+                               "missing": result.missing, "corrupt": result.corrupt,
+                               "stage_results": None if stages is None else {
+                                   "moved": stages.moved, "present": stages.present,
+                                   "invalid": len(stages.invalid), "held_back": len(stages.held_back)}},
+                              indent=2))
     else:
-        click.echo(f"{kind} {result.moved} object(s), {_human(result.bytes)}; {result.present} already there.")
+        line = f"{kind} {result.moved} object(s), {_human(result.bytes)}; {result.present} already there."
+        if stages is not None and (stages.moved or stages.present or stages.invalid or stages.held_back):
+            line += f" Stage results: {stages.moved} {kind.lower()}, {stages.present} already there"
+            if stages.held_back:
+                line += f", {len(stages.held_back)} held back (their outputs are not on the remote)"
+            if stages.invalid:
+                line += (f", {len(stages.invalid)} invalid and skipped "
+                         f"({', '.join(stages.invalid[:3])}{'…' if len(stages.invalid) > 3 else ''})")
+            line += "."
+        click.echo(line)
     problems = []
     if result.missing:
         problems.append(f"{len(result.missing)} object(s) missing ({', '.join(d[:12] for d in result.missing[:5])}…)")
@@ -105,7 +119,7 @@ _SELECT = [
     click.option("--run", "run_id", metavar="RUN", help="Only the objects of this run (an id or its prefix)."),
     click.option("--model", metavar="NAME@VERSION", help="Only this model version's artifact."),
     click.option("--all", "everything", is_flag=True, help="Every object (the default: what versions, runs "
-                 "and tracked data need)."),
+                 "and tracked data need); stage results move with both, not with --run or --model."),
     click.option("--jobs", "-j", type=click.IntRange(1, 256), default=defaults.REMOTE_JOBS, show_default=True,
                  help="Batches in flight at once."),
     click.option("--remote", "remote_url", metavar="URL", help="Remote to use (default: CONVEYOR_REMOTE, then "
@@ -126,6 +140,9 @@ def push(run_id: str | None, model: str | None, everything: bool, jobs: int, rem
          as_json: bool) -> None:
     """Upload objects the remote lacks; an interrupted push resumes where it stopped.
 
+    Stage results (the stage cache's entries) follow, each only once every
+    output it names is on the remote, so another clone can skip those stages.
+
     \b
     Examples:
       conveyor push                      # what versions, runs and tracked data need
@@ -142,7 +159,9 @@ def push(run_id: str | None, model: str | None, everything: bool, jobs: int, rem
     with _progress("push") as bar:
         task = bar.add_task("push", total=len(digests))
         result = remote.push(store, digests, jobs=jobs, progress=lambda n: bar.advance(task, n))
-    _report("Pushed", result, as_json)
+    everything_or_default = run_id is None and model is None  # --run/--model leave stage results alone
+    stages = remote.push_results(store, project.stage_cache_dir, jobs=jobs) if everything_or_default else None
+    _report("Pushed", result, stages, as_json)
 
 
 @click.command()
@@ -151,9 +170,14 @@ def pull(run_id: str | None, model: str | None, everything: bool, jobs: int, rem
          as_json: bool) -> None:
     """Download objects the local store lacks; every one is re-hashed before it is kept.
 
+    Stage results come too (each checked before it is written; a malformed
+    one is skipped and counted), with the outputs of each stage's newest one,
+    so `conveyor run` on a fresh clone restores its unchanged stages.
+
     \b
     Examples:
       conveyor pull && conveyor data checkout   # a fresh clone gets its data
+      conveyor pull && conveyor run             # ... and its unchanged stages from cache
       conveyor pull --model iris@3
       conveyor pull --all
     """
@@ -161,11 +185,18 @@ def pull(run_id: str | None, model: str | None, everything: bool, jobs: int, rem
     store = _store(project)
     remote = _remote(project, remote_url)
     roots = _select(project, run_id, model, everything)
+    everything_or_default = run_id is None and model is None  # --run/--model leave stage results alone
+    stages = remote.pull_results(project.stage_cache_dir) if everything_or_default else None
+    wanted = None if roots is None else sorted(set(roots) | (stages.newest_outs if stages else set()))
     with _progress("pull") as bar:
         task = bar.add_task("pull", total=None)
-        result = remote.pull(store, None if roots is None else list(roots), jobs=jobs,
-                             progress=lambda n: bar.advance(task, n))
-    _report("Pulled", result, as_json)
+        result = remote.pull(store, wanted, jobs=jobs, progress=lambda n: bar.advance(task, n))
+    if roots is not None and stages is not None and result.missing:
+        from conveyor.references import closure
+
+        needed = closure(store, roots).needed  # a stage result without its outputs is a miss, not an error
+        result.missing = [d for d in result.missing if d in needed]
+    _report("Pulled", result, stages, as_json)
 
 
 @click.command()

@@ -197,11 +197,18 @@ class Pipeline:
         return list(sorter.static_order())
 
     def _restore_cached(self, outs: Mapping[str, str]) -> bool:
-        """Make the workspace match cached outs; True if anything was copied."""
+        """Make the workspace match cached outs; True if anything was copied.
+
+        An entry can arrive without its objects (`conveyor pull`, `gc`): an out
+        the workspace already holds goes back into the store, and one it lacks
+        raises `ObjectMissing`, a miss.
+        """
         restored = False
         for out, digest in outs.items():
             path = self.root / out
             if path.exists() and hash_path(path) == digest:
+                if not self.store.has(digest):  # later steps (and `push`) read outs from the store
+                    self.store.put(path)
                 continue
             self.store.restore(digest, path)
             restored = True

@@ -11,6 +11,11 @@ once it is complete; on every other filesystem the bytes go to `tmp/` and
 are renamed into place. Downloads are re-hashed before they enter the local
 store, so a damaged remote object is reported, never used.
 
+Stage results (the small entries of `.conveyor/stages/`, DVC's run-cache)
+travel too, under `stages/<entry name>`: a push publishes only an entry whose
+outputs are all on the remote, and a pull checks each one's shape and digests
+before it is written, so a fresh clone runs its unchanged stages from cache.
+
 Credentials come from the backend's usual environment and config files, or
 from the URL (`s3://KEY:SECRET@bucket/prefix`); every error message passes
 through `redact` so neither ever reaches a log or a terminal.
@@ -32,7 +37,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from conveyor.exceptions import ConveyorError, RemoteError
-from conveyor.store import TREE_SUFFIX, ArtifactStore, check_digest, hash_bytes
+from conveyor.store import TREE_SUFFIX, ArtifactStore, atomic_write_text, check_digest, hash_bytes
 
 # Filesystems on which a written object becomes visible only when complete.
 _ATOMIC_PUT = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
@@ -42,6 +47,7 @@ _PACK_BYTES = 16 << 20
 _PACK_COUNT = 4096
 _HEX = re.compile(r"[0-9a-f]{64}")
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+_RESULT_NAME = re.compile(r"(tests-)?[0-9a-f]{64}\.json")
 
 Progress = Callable[[int], None]
 """Called with the number of objects just transferred."""
@@ -56,6 +62,57 @@ class Transfer:
     bytes: int = 0
     missing: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ResultsTransfer:
+    """What a push or pull of stage results did, by entry name."""
+
+    moved: int = 0
+    present: int = 0
+    invalid: list[str] = field(default_factory=list)  # malformed (never written or sent)
+    held_back: list[str] = field(default_factory=list)  # push: outputs not all on the remote
+    newest_outs: set[str] = field(default_factory=set)  # pull: outs of each stage's newest entry on the remote
+
+
+@dataclass(frozen=True)
+class _Result:
+    stage: str | None  # None for a candidate-tests entry
+    created_at: float
+    digests: list[str]
+
+
+def _parse_result(name: str, text: str) -> _Result:
+    """Check a stage result as `StageCache.put` or `run_tests` writes it; ValueError when it is not one.
+
+    Entries come from a remote anyone with write access can edit: only a
+    well-formed one, whose digests can only name objects, is ever written.
+    """
+    if not _RESULT_NAME.fullmatch(name):
+        raise ValueError("not a stage result's file name")
+    entry = json.loads(text)
+    if not isinstance(entry, dict):
+        raise ValueError("not a JSON object")
+    created = entry.get("created_at")
+    if isinstance(created, bool) or not isinstance(created, (int, float)):
+        raise ValueError("no created_at")
+    if name.startswith("tests-"):
+        passed = entry.get("passed")
+        if "passed" not in entry or (passed is not None and (isinstance(passed, bool) or not isinstance(passed, int))):
+            raise ValueError("passed is not a count")
+        return _Result(None, float(created), [])
+    stage, outs = entry.get("stage"), entry.get("outs")
+    if not isinstance(stage, str) or not stage or not isinstance(outs, dict):
+        raise ValueError("no stage or outs")
+    for out, digest in outs.items():
+        parts = out.split("/")
+        if not out or out.startswith("/") or ".." in parts or not isinstance(digest, str):
+            raise ValueError(f"bad out {out!r}")
+        try:
+            check_digest(digest)
+        except ConveyorError:
+            raise ValueError(f"bad digest for {out!r}") from None
+    return _Result(stage, float(created), list(outs.values()))
 
 
 def _split_credentials(url: str) -> tuple[str, dict[str, Any], list[str]]:
@@ -359,3 +416,97 @@ class Remote:
             bad_packed = [d for found in pool.map(corrupt_in_pack, sorted(by_pack.items())) for d in found]
         return sorted([d for d, bad in zip(present, flags) if bad] + bad_packed), missing
 
+
+    # -- stage results --------------------------------------------------------------------
+    def _result_paths(self) -> dict[str, str]:
+        """Every file under `stages/` on the remote: its name (its relative path when nested) → full path."""
+        prefix = f"{self.base}/stages/"
+        try:
+            paths = [str(p) for p in self.fs.find(prefix.rstrip("/"))]
+        except FileNotFoundError:
+            paths = []
+        return {p.removeprefix(prefix): p for p in paths if p.startswith(prefix)}
+
+    def _fetchable(self, store: ArtifactStore, digests: Iterable[str], on_remote: set[str]) -> bool:
+        """True when every object of these outs (a tree's files too, read from the local manifest) is on the remote."""
+        for digest in digests:
+            if digest.removesuffix(TREE_SUFFIX) not in on_remote:
+                return False
+            if digest.endswith(TREE_SUFFIX):
+                try:
+                    entries = store.tree_entries(digest)
+                except ConveyorError:
+                    return False  # the manifest cannot be read here, so its files cannot be vouched for
+                if any(str(e["digest"]) not in on_remote for e in entries):
+                    return False
+        return True
+
+    def push_results(self, store: ArtifactStore, stages_dir: Path, *, jobs: int = 8) -> ResultsTransfer:
+        """Upload the stage results the remote lacks whose outputs it holds (call after pushing objects)."""
+        result = ResultsTransfer()
+        local = sorted(p for p in stages_dir.glob("*.json") if _RESULT_NAME.fullmatch(p.name))
+        with self._errors("list"):
+            on_remote_names = set(self._result_paths())
+        todo = [p for p in local if p.name not in on_remote_names]
+        result.present = len(local) - len(todo)
+        if not todo:
+            return result
+        on_remote = self.digests()  # one listing, after the object push
+        uploads: list[tuple[str, bytes]] = []
+        for path in todo:
+            try:
+                data = path.read_bytes()
+                parsed = _parse_result(path.name, data.decode("utf-8"))
+            except (OSError, ValueError):
+                result.invalid.append(path.name)
+                continue
+            if self._fetchable(store, parsed.digests, on_remote):
+                uploads.append((f"{self.base}/stages/{path.name}", data))
+            else:
+                result.held_back.append(path.name)
+        with self._errors("write to"), ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for _ in pool.map(lambda item: self._write(*item), uploads):
+                result.moved += 1
+        return result
+
+    def pull_results(self, stages_dir: Path) -> ResultsTransfer:
+        """Download the stage results missing from `stages_dir`; each is checked before it is written.
+
+        `newest_outs` names the outs of each stage's newest entry on the remote,
+        which a fresh clone of the latest commit needs to restore its stages.
+        """
+        result = ResultsTransfer()
+        with self._errors("list"):
+            paths = self._result_paths()
+        result.invalid = sorted(n for n in paths if not _RESULT_NAME.fullmatch(n))
+        valid = sorted(n for n in paths if _RESULT_NAME.fullmatch(n))
+        todo = [n for n in valid if not (stages_dir / n).is_file()]
+        result.present = len(valid) - len(todo)
+        with self._errors("read from"):
+            fetched = self.fs.cat([paths[n] for n in todo]) if todo else {}
+        texts: dict[str, str] = {}
+        for name in todo:
+            data = fetched.get(paths[name], b"")
+            try:
+                text = data.decode("utf-8")
+                _parse_result(name, text)
+            except ValueError:
+                result.invalid.append(name)
+                continue
+            atomic_write_text(stages_dir / name, text)
+            texts[name] = text
+            result.moved += 1
+        for name in valid:
+            if name not in texts and name not in result.invalid:
+                with suppress(OSError):
+                    texts[name] = (stages_dir / name).read_text(encoding="utf-8")
+        newest: dict[str, _Result] = {}
+        for name, text in texts.items():
+            with suppress(ValueError):
+                parsed = _parse_result(name, text)
+                if parsed.stage is not None and (parsed.stage not in newest
+                                                 or parsed.created_at > newest[parsed.stage].created_at):
+                    newest[parsed.stage] = parsed
+        result.newest_outs = {d for parsed in newest.values() for d in parsed.digests}
+        result.invalid.sort()
+        return result
