@@ -160,7 +160,7 @@ Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_v
 | requests served | {served} |
 | failed requests (must be 0) | {len(failures)} |
 | containers at the end (must be 1: every deploy was a hot swap) | {len(containers)} |
-| `conveyor deploy --target container`, wall time: median (max) | {statistics.median(walls):.2f} s ({max(walls):.2f} s) |
+| `conveyor deploy` (`deploy.target: container`), wall time: median (max) | {statistics.median(walls):.2f} s ({max(walls):.2f} s) |
 | from the deploy's start until every answer came from the new version: median (max) | \
 {statistics.median(to_all):.2f} s ({max(to_all):.2f} s) |
 
