@@ -9,14 +9,13 @@ import stat
 import subprocess
 import sys
 import threading
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 from conftest import commit_all
+from test_deploy_container import deployment  # noqa: F401
 from test_deploy_kubernetes import STAND_IN_KUBECTL, _image_in, _validator
 from test_packaging import (  # noqa: F401
     READY_TIMEOUT_S,
@@ -93,14 +92,6 @@ class _Clients:
         self.stop.set()
         for thread in self.threads:
             thread.join(timeout=60)
-
-
-@pytest.fixture
-def deployment(podman_env: dict[str, str]) -> Iterator[str]:  # noqa: F811
-    name = f"conveyor-test-{uuid.uuid4().hex[:8]}"
-    yield name
-    for found in container.containers(name):
-        _podman("rm", "--force", "--time", "5", found.name, check=False)
 
 
 @pytest.mark.slow

@@ -425,27 +425,19 @@ class Registry:
     def record_image(self, name: str, version: int, image: Mapping[str, Any]) -> ModelVersion:
         """Set `lineage["image"]` of a version: written after registration (like `serving`), because
         the image is built from the registered version (`conveyor package`). The rest stays immutable."""
-
-        def write(conn: sa.Connection) -> ModelVersion:
-            current = self._row(conn, name, version)
-            if current is None:
-                raise ModelNotFound(f"{name}@{version}", self._hint(conn, name))
-            lineage = {**current.lineage, "image": _json("image", dict(image))}
-            conn.execute(model_versions.update().where(model_versions.c.name == name,
-                                                       model_versions.c.version == version).values(lineage=lineage))
-            return replace(current, lineage=lineage)
-
-        return self._write(name, write)
+        return self._set_lineage(name, version, "image", image)
 
     def record_serving_form(self, name: str, version: int, form: Mapping[str, Any]) -> ModelVersion:
         """Set `lineage["serving"]` of a version: the verified model directory an image serves instead of
         the registered one (`package.runtime: onnx`), made from the registered version after registration."""
+        return self._set_lineage(name, version, "serving", form)
 
+    def _set_lineage(self, name: str, version: int, key: str, value: Mapping[str, Any]) -> ModelVersion:
         def write(conn: sa.Connection) -> ModelVersion:
             current = self._row(conn, name, version)
             if current is None:
                 raise ModelNotFound(f"{name}@{version}", self._hint(conn, name))
-            lineage = {**current.lineage, "serving": _json("serving", dict(form))}
+            lineage = {**current.lineage, key: _json(key, dict(value))}
             conn.execute(model_versions.update().where(model_versions.c.name == name,
                                                        model_versions.c.version == version).values(lineage=lineage))
             return replace(current, lineage=lineage)
