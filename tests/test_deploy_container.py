@@ -69,3 +69,22 @@ def test_an_image_that_never_gets_ready_leaves_the_serving_container_alone(
     found = container.containers(deployment)
     assert [(c.name, c.running) for c in found] == [(serving.name, True)]  # the failed one is removed
     assert httpx.post(f"{serving.url}/predict", json=ROWS, timeout=30).status_code == 200
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("containers")
+def test_a_port_already_taken_is_one_error_and_leaves_nothing_behind(
+        iris_project: Path, podman_env: dict[str, str], images: _Images, deployment: str,  # noqa: F811
+        tmp_path: Path) -> None:
+    import socket
+
+    image = images.name("iris:port-taken")
+    _package(iris_project, "iris@1", image, podman_env)
+    port = _free_pair()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        with pytest.raises(ConveyorError, match="podman run failed"):
+            container.deploy(image, deployment=deployment, port=port, timeout_s=60, state_dir=tmp_path)
+    assert container.containers(deployment) == []
+    assert [p.name for p in (tmp_path / "containers" / deployment).iterdir()] == ["token"]  # no swap directory

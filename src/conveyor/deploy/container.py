@@ -175,10 +175,10 @@ def deploy(image: str, *, deployment: str, port: int, engine: str = "podman", ti
     done = subprocess.run([engine, "run", "-d", "--init", "--name", name, "--label", f"{LABEL}={deployment}",
                            "--label", f"{_PORT_LABEL}={new_port}", "-p", f"127.0.0.1:{new_port}:{runtime.PORT}",
                            *extra, image], capture_output=True, text=True, check=False, timeout=300, env=env)
-    if done.returncode != 0:
-        raise ConveyorError(f"{engine} run failed: {done.stderr.strip()[-500:]}")
     started = Container(name, image, new_port, True, "")
     try:
+        if done.returncode != 0:
+            raise ConveyorError(f"{engine} run failed: {done.stderr.strip()[-500:]}")
         _wait_ready(deployment, started, engine, timeout_s)
     except ConveyorError:
         _engine(engine, "rm", "--force", name, check=False)
