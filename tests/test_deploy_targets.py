@@ -251,7 +251,15 @@ def test_the_line_pushes_and_applies_to_kubernetes_with_stand_in_kubectl(
     steps = _line(root)  # the same version: nothing pushed or applied again
     assert steps["deploy"]["status"] == "cached", steps["deploy"]
     assert len(log.read_text().splitlines()) == 2
-    _podman("rmi", "--force", "--ignore", f"{repository}:1", "conveyor/iris:1", check=False)
+
+    _new_model(root, "0.5")
+    steps = _line(root)
+    assert steps["deploy"]["status"] == "ran" and _image_in(cluster).startswith(f"{repository}:2@sha256:")
+    out = _conveyor(root, "rollback", "iris")  # one command: the alias moves back and the cluster follows
+    assert "v2 → v1" in out and "rolled out" in out
+    assert _image_in(cluster) == applied  # v1's image, by the same digest as before
+    _podman("rmi", "--force", "--ignore", f"{repository}:1", f"{repository}:2", "conveyor/iris:1",
+            "conveyor/iris:2", check=False)
 
 
 @pytest.mark.slow

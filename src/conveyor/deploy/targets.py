@@ -10,7 +10,8 @@ its lineage). Then:
   container starts beside it and takes over once it answers /readyz.
 - kubernetes: the image is pushed to `deploy.kubernetes.registry` and the
   rendered manifests name it by digest (immutable), applied with kubectl and
-  waited on; `--dry-run` only renders them.
+  waited on; a version pushed there before (a rollback) reuses that image, so
+  the cluster runs the same bytes again; `--dry-run` only renders them.
 """
 
 from __future__ import annotations
@@ -127,12 +128,16 @@ def to_kubernetes(project: Project, settings: Config, registry: Registry, versio
         raise ConveyorError("deploy.target kubernetes pushes the image for the cluster to pull: set "
                             "deploy.kubernetes.registry (REGISTRY/REPO) in conveyor.yaml or pass --push, "
                             "or use --dry-run to only render the manifests")
-    progress(f"packaging {version.ref} and pushing it to {target}")
-    made = _package(project, settings, registry, version, builder="auto", push=target,
-                    tls_verify=options.tls_verify)
-    assert made.pushed is not None, "package() pushes when asked"
-    progress(f"applying the manifests for {made.pushed} with {options.kubectl}")
-    applied = k8s.apply(render(made.pushed), name, state_dir=project.state_dir, kubectl=options.kubectl,
+    if pushed_before and str(pushed_before).split("@", 1)[0] in (target, f"{target}:{version.version}"):
+        image = str(pushed_before)  # pushed there before (a rollback, or CI's package step): the same bytes again
+    else:
+        progress(f"packaging {version.ref} and pushing it to {target}")
+        made = _package(project, settings, registry, version, builder="auto", push=target,
+                        tls_verify=options.tls_verify)
+        assert made.pushed is not None, "package() pushes when asked"
+        image = made.pushed
+    progress(f"applying the manifests for {image} with {options.kubectl}")
+    applied = k8s.apply(render(image), name, state_dir=project.state_dir, kubectl=options.kubectl,
                         timeout_s=options.rollout_timeout_s)
-    return Placed("kubernetes", version.ref, f"{version.ref} rolled out as deployment/{name} ({made.pushed}); "
-                  f"manifests in {applied}", image=made.pushed)
+    return Placed("kubernetes", version.ref, f"{version.ref} rolled out as deployment/{name} ({image}); "
+                  f"manifests in {applied}", image=image)
