@@ -169,8 +169,11 @@ def test_deploy_target_container_refuses_a_tampered_model_rolls_back_and_survive
     listed = json.loads(_conveyor(root, "containers", "list", "--name", deployment, "--json"))
     assert [(c["name"], c["model"]) for c in listed] == [(serving.name, "iris@2")]
 
-    _podman("restart", "--time", "10", serving.name)  # a restarted container serves what was swapped in last
-    _wait_answering(url)
+    # A restarted container serves what was swapped in last. (Stop, then start: podman 4.3's `restart` can
+    # race with the exiting instance's network cleanup, which then removes the new instance's port mapping.)
+    _podman("stop", "--time", "10", serving.name)
+    _podman("start", serving.name)
+    _wait_answering(url, serving.name)
     assert _version(url) == "2"
 
     out = _conveyor(root, "containers", "rollback", "--name", deployment)
@@ -179,7 +182,7 @@ def test_deploy_target_container_refuses_a_tampered_model_rolls_back_and_survive
     assert "already served" in out
 
 
-def _wait_answering(url: str) -> None:
+def _wait_answering(url: str, name: str) -> None:
     import time
 
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -189,8 +192,15 @@ def _wait_answering(url: str) -> None:
                 return
         except httpx.HTTPError:
             pass
+        if _podman("inspect", "--format", "{{.State.Status}}", name, check=False).stdout.strip() != "running":
+            break
         time.sleep(0.5)
-    pytest.fail(f"{url} did not become ready after a restart")
+    state = _podman("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", name, check=False).stdout
+    inside = _podman("exec", name, "python3", "-c", "import urllib.request; print(urllib.request.urlopen("
+                     "'http://127.0.0.1:8080/readyz', timeout=5).status)", check=False)
+    logs = _podman("logs", "--tail", "30", name, check=False)
+    pytest.fail(f"{url} did not become ready after a restart; container {state.strip()}, /readyz from inside: "
+                f"{(inside.stdout + inside.stderr).strip()[-300:]}; log:\n{(logs.stdout + logs.stderr)[-2000:]}")
 
 
 def test_deploy_target_kubernetes_dry_run_writes_valid_manifests_without_building(tmp_path: Path) -> None:
