@@ -29,11 +29,14 @@ cgroup_manager = "cgroupfs"
 CONF
 mv "$dir/containers.conf.tmp" "$dir/containers.conf"
 driver="${CONVEYOR_STORAGE_DRIVER:-overlay}"
+# The run root (mounts, locks: state a reboot clears) is on /run, one per store: two stores sharing one
+# overwrite each other's mount bookkeeping (two HOMEs on one machine, a CI run beside a developer's).
+runroot="/run/conveyor-containers-$(printf '%s' "$dir" | sha256sum | cut -c1-12)"
 cat > "$dir/storage.conf.tmp" <<CONF
 [storage]
 driver = "${driver}"
 graphroot = "$dir/storage"
-runroot = "/run/conveyor-containers"
+runroot = "${runroot}"
 CONF
 mv "$dir/storage.conf.tmp" "$dir/storage.conf"
 export CONTAINERS_CONF="$dir/containers.conf" CONTAINERS_STORAGE_CONF="$dir/storage.conf"
