@@ -8,7 +8,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ import yaml
 from conftest import commit_all
 from test_deploy_container import deployment  # noqa: F401
 from test_deploy_kubernetes import STAND_IN_KUBECTL, _image_in, _validator
+from test_deploy_live import _Load
 from test_packaging import (  # noqa: F401
     READY_TIMEOUT_S,
     _conveyor,
@@ -61,39 +61,6 @@ def _version(url: str) -> str:
     return answer.headers["x-model-version"]
 
 
-class _Clients:
-    """Threads sending predictions without pause, counting failures and the versions that answered."""
-
-    def __init__(self, url: str, threads: int = 3) -> None:
-        self.url, self.stop = url, threading.Event()
-        self.failures: list[str] = []
-        self.versions: list[list[str]] = [[] for _ in range(threads)]
-        self.threads = [threading.Thread(target=self._send, args=(seen,)) for seen in self.versions]
-
-    def _send(self, seen: list[str]) -> None:
-        with httpx.Client(timeout=30) as client:
-            while not self.stop.is_set():
-                try:
-                    answer = client.post(f"{self.url}/predict", json=ROWS)
-                except httpx.HTTPError as exc:
-                    self.failures.append(f"{type(exc).__name__}: {exc}")
-                    continue
-                if answer.status_code != 200:
-                    self.failures.append(f"{answer.status_code}: {answer.text[:200]}")
-                else:
-                    seen.append(answer.headers["x-model-version"])
-
-    def __enter__(self) -> _Clients:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
-
-
 @pytest.mark.slow
 @pytest.mark.xdist_group("containers")
 def test_the_line_deploys_to_a_container_and_hot_swaps_a_model_only_change_under_load(
@@ -110,14 +77,14 @@ def test_the_line_deploys_to_a_container_and_hot_swaps_a_model_only_change_under
     assert first.running and first.labels["io.conveyor.model.version"] == "1"
 
     _new_model(root, "0.5")
-    with _Clients(url) as clients:
+    with _Load(port) as load:  # client threads, a new connection per request
         steps = _line(root)
         assert "hot-swapped" in str(steps["deploy"]["summary"]), steps["deploy"]
         assert _version(url) == "2"  # live when the line's deploy step is done
-    assert clients.failures == []
-    for seen in clients.versions:
-        assert seen and set(seen) <= {"1", "2"}
-        assert seen == sorted(seen)  # never back to v1 once v2 answered
+    assert load.failures == []
+    assert {version for version, _, _ in load.answers} == {1, 2}
+    first_new = min(received for version, _, received in load.answers if version == 2)
+    assert all(version == 2 for version, sent, _ in load.answers if sent > first_new)  # never back to v1
     assert [c.name for c in container.containers(deployment)] == [first.name]  # no new container
 
     steps = _line(root)  # nothing changed: the deploy step sees v2 served and does nothing

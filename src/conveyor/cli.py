@@ -564,14 +564,14 @@ class _ProjectRegistry:
         version = self.registry.resolve(f"{name}@{alias}")
         started = time.perf_counter()
         if self.config.deploy.target == "container":
-            running = [c for c in container.containers(targets.container_deployment(self.config, version),
+            running = [c for c in container.containers(self.config.deploy.container.deployment(name),
                                                        engine=self.config.deploy.container.engine) if c.running]
             if not running:
                 return None
             placed = targets.to_container(self.project, self.config, self.registry, version,
                                           port=self.config.deploy.port)
         else:
-            if kubernetes.applied_image(self.config.deploy.kubernetes.name or name,
+            if kubernetes.applied_image(self.config.deploy.kubernetes.deployment(name),
                                         state_dir=self.project.state_dir) is None:
                 return None
             placed = targets.to_kubernetes(self.project, self.config, self.registry, version)
@@ -883,7 +883,7 @@ def _deployed_elsewhere(project: Project) -> str | None:
 
     settings = config_module.load(project.root, project.state_dir)
     if settings.deploy.target == "container":
-        name = settings.deploy.container.name or settings.model.name
+        name = settings.deploy.container.deployment(settings.model.name)
         running = [c for c in container.containers(name, engine=settings.deploy.container.engine) if c.running]
         if not running:
             return f"deploy.target container: no container of '{name}' is running."
@@ -891,7 +891,7 @@ def _deployed_elsewhere(project: Project) -> str | None:
                 f"{container.serving_ref(project.state_dir, name, running[0])} at {running[0].url} "
                 f"(`conveyor containers list --name {name}`)")
     if settings.deploy.target == "kubernetes":
-        name = settings.deploy.kubernetes.name or settings.model.name
+        name = settings.deploy.kubernetes.deployment(settings.model.name)
         image = kubernetes.applied_image(name, state_dir=project.state_dir)
         return f"deploy.target kubernetes: deployment/{name} was last applied with {image or 'nothing yet'}."
     return None

@@ -245,6 +245,10 @@ class ContainerTargetConfig:
         if self.ready_timeout_s <= 0:
             raise ValueError(f"ready_timeout_s: must be positive, not {self.ready_timeout_s}")
 
+    def deployment(self, model: str) -> str:
+        """The deployment's name for `model`: `name`, else the model's name."""
+        return self.name or model
+
 
 @dataclass(frozen=True)
 class KubernetesTargetConfig:
@@ -271,6 +275,10 @@ class KubernetesTargetConfig:
             raise ValueError(f"max_replicas: must be at least replicas ({self.replicas}), not {self.max_replicas}")
         if self.rollout_timeout_s <= 0:
             raise ValueError(f"rollout_timeout_s: must be positive, not {self.rollout_timeout_s}")
+
+    def deployment(self, model: str) -> str:
+        """The Deployment's name for `model`: `name`, else the model's name."""
+        return self.name or model
 
 
 @dataclass(frozen=True)

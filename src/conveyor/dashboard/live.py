@@ -120,7 +120,7 @@ def container_servers(project: Project) -> list[LiveServer]:
         settings = config_module.load(project.root)  # no state_dir: its parse cache is a write
         if settings.deploy.target != "container":
             return []
-        deployment = settings.deploy.container.name or settings.model.name
+        deployment = settings.deploy.container.deployment(settings.model.name)
         running = [c for c in container.containers(deployment, engine=settings.deploy.container.engine) if c.running]
     except ConveyorError:
         return []

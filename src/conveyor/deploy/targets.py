@@ -56,18 +56,13 @@ def _package(project: Project, settings: Config, registry: Registry, version: Mo
                              builder=builder, push=push, tls_verify=tls_verify, runtime=settings.package.runtime)
 
 
-def container_deployment(settings: Config, version: ModelVersion) -> str:
-    """The container deployment's name: `deploy.container.name`, else the model's name."""
-    return settings.deploy.container.name or version.name
-
-
 def to_container(project: Project, settings: Config, registry: Registry, version: ModelVersion, *, port: int,
                  progress: Progress = lambda _line: None) -> Placed:
     """Serve `version` from a container: hot swap when the running one has the same shared layers."""
     from conveyor.deploy import container
 
     options = settings.deploy.container
-    deployment = container_deployment(settings, version)
+    deployment = options.deployment(version.name)
     running = next((c for c in container.containers(deployment, engine=options.engine) if c.running), None)
     if running is not None and container.serving_ref(project.state_dir, deployment, running) == version.ref:
         return Placed("container", version.ref, f"{version.ref} is already served by {running.name} at {running.url}",
@@ -99,7 +94,7 @@ def to_kubernetes(project: Project, settings: Config, registry: Registry, versio
     from conveyor.deploy import kubernetes as k8s
 
     options = settings.deploy.kubernetes
-    name = options.name or version.name
+    name = options.deployment(version.name)
     autoscaling = k8s.Autoscaling(min_replicas=options.replicas, max_replicas=options.max_replicas) \
         if options.max_replicas else None
 
